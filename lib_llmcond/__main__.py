@@ -1,0 +1,3 @@
+from lib_llmcond.cli import main
+
+raise SystemExit(main())
