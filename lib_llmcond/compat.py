@@ -8,7 +8,7 @@ import inspect
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sdpa_supports_enable_gqa() -> bool:
     """``scaled_dot_product_attention(enable_gqa=...)`` arrived in torch 2.5."""
     try:
