@@ -36,7 +36,8 @@ _WRAPPERS = ("state_dict", "model", "module", "ema", "params", "weights", "resam
 class TensorFile:
     path: Path
     shapes: dict[str, tuple[int, ...]]
-    dtypes: dict[str, str]  # on disk, e.g. "BF16" or "torch.bfloat16"
+    dtypes: dict[str, str]  # on disk, e.g. "BF16" or "bfloat16"
+    meta: dict[str, str] = field(default_factory=dict)  # safetensors metadata / a pickle's plain values
     _tensors: Mapping[str, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
@@ -102,6 +103,7 @@ def _open_safetensors(path: Path) -> TensorFile:
                 raise ValueError(f"header length {n} does not fit in a {size}-byte file")
             header = json.loads(f.read(n))
         shapes, dtypes = {}, {}
+        meta = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
         data_size = size - 8 - n
         for key, info in header.items():
             if key == "__metadata__":
@@ -114,7 +116,7 @@ def _open_safetensors(path: Path) -> TensorFile:
             shapes[key], dtypes[key] = shape, str(info["dtype"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, struct.error) as err:
         raise ModelFileError(f"not a readable safetensors file: {err}", path=path, fix=_REDOWNLOAD) from err
-    return TensorFile(path, shapes, dtypes)
+    return TensorFile(path, shapes, dtypes, meta)
 
 
 def _open_pickle(path: Path) -> TensorFile:
@@ -130,6 +132,7 @@ def _open_pickle(path: Path) -> TensorFile:
         path,
         {k: tuple(v.shape) for k, v in tensors.items()},
         {k: str(v.dtype).replace("torch.", "") for k, v in tensors.items()},
+        _plain_values(obj),
         tensors,
     )
 
@@ -169,6 +172,19 @@ def _unwrap(obj: object) -> dict[str, torch.Tensor] | None:
                 if found is not None:
                     return found
     return None
+
+
+def _plain_values(obj: object, depth: int = 0) -> dict[str, str]:
+    """Numbers and strings stored next to the tensors (e.g. a training ``config`` dict), flattened."""
+    out: dict[str, str] = {}
+    if isinstance(obj, Mapping) and depth < 3:
+        for k, v in obj.items():
+            if isinstance(v, (int, float, str, bool)):
+                out.setdefault(str(k), str(v))
+            elif isinstance(v, Mapping) and not any(isinstance(x, torch.Tensor) for x in v.values()):
+                for kk, vv in _plain_values(v, depth + 1).items():
+                    out.setdefault(kk, vv)
+    return out
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -47,7 +47,8 @@ _IN_PROJ = {"weight": "in_proj_weight", "bias": "in_proj_bias"}
 
 @dataclass
 class KeyPlan:
-    """Canonical key -> the source keys concatenated along dim 0 to make it, and the canonical shape."""
+    """Canonical key -> the source keys concatenated along dim 0 to make it, and the canonical shape (the
+    result is reshaped to it, e.g. latents stored as [1, N, D])."""
 
     sources: dict[str, list[str]] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -61,7 +62,8 @@ class KeyPlan:
         out = {}
         for key, parts in self.sources.items():
             tensors = [read(p) for p in parts]
-            out[key] = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+            t = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
+            out[key] = t.reshape(self.shapes[key])
         return out
 
 

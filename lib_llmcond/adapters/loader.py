@@ -49,22 +49,15 @@ def detect_family(keys: Sequence[str]) -> str | None:
 def inspect_adapter(path: str | Path) -> AdapterInfo:
     """What the file is, from its header (tensors are not read for .safetensors)."""
     tf = open_tensor_file(path)
-    family, plan, describe = _analyse(tf)
-    return _info(tf, family, plan, describe)
+    family, plan, config = _analyse(tf)
+    return _info(tf, family, plan, config)
 
 
 def load_adapter(path: str | Path, *, device: str | torch.device = "cpu") -> Adapter:
     """An fp32 adapter in eval mode, loaded strictly."""
     tf = open_tensor_file(path)
-    family, plan, _ = _analyse(tf)
-    if family == "llm_to_sdxl":
-        config = llm_to_sdxl.config_from_shapes(plan.shapes)
-        module: Adapter = _build(lambda: llm_to_sdxl.LLMToSDXLAdapter(config))
-    else:
-        from . import perceiver
-
-        config = perceiver.config_from_shapes(plan.shapes)
-        module = _build(lambda: perceiver.PerceiverResampler(config))
+    family, plan, config = _analyse(tf)
+    module = _build(lambda: _module_for(family, config))
     state = plan.build(tf.read)
     _load_strict(module, state, tf.path)
     module.requires_grad_(False)
@@ -100,17 +93,22 @@ def _preset_hint(llm_dim: int) -> str:
     return f" (it was made for {name})" if name else ""
 
 
+def _module_for(family: str, config) -> Adapter:
+    if family == "llm_to_sdxl":
+        return llm_to_sdxl.LLMToSDXLAdapter(config)
+    from . import perceiver
+
+    return perceiver.PerceiverResampler(config)
+
+
 def _analyse(tf: TensorFile):
+    """(family, key plan, config), with every key and shape checked against the module the config makes."""
     family = detect_family(list(tf.shapes))
     if family == "llm_to_sdxl":
         plan = plan_keys(tf.shapes)
-        _check_llm_to_sdxl(plan, tf.path)
-        return family, plan, None
+        return family, plan, _check_llm_to_sdxl(plan, tf.path)
     if family == "perceiver":
-        from . import perceiver
-
-        plan = perceiver.plan_keys(tf.shapes, tf.path)
-        return family, plan, None
+        return family, *_check_perceiver(tf)
     raise ModelFileError(
         "not an adapter llmcond knows: no LLMToSDXLAdapter keys (compression_queries, wide_attention_blocks.*) "
         f"and no Perceiver-resampler latents; its keys: {_sample(tf.shapes)}",
@@ -130,6 +128,24 @@ def _check_llm_to_sdxl(plan: KeyPlan, path: Path) -> None:
         raise ModelFileError(f"width {config.dim} is not divisible by 16 heads", path=path, fix=_FIX)
     expected = _expected_shapes(lambda: llm_to_sdxl.LLMToSDXLAdapter(config))
     compare_shapes(expected, plan, path, f"LLMToSDXLAdapter ({plan.layout} layout)")
+    return config
+
+
+def _check_perceiver(tf: TensorFile):
+    from . import perceiver
+
+    plan = perceiver.plan_keys(tf.shapes, tf.path)
+    try:
+        config = perceiver.config_from_plan(plan, tf.meta)
+    except KeyError as err:
+        raise ModelFileError(
+            f"incomplete Perceiver resampler ({plan.layout} layout): missing {', '.join(err.args[0])}",
+            path=tf.path,
+            fix=perceiver.FIX,
+        ) from err
+    expected = _expected_shapes(lambda: perceiver.PerceiverResampler(config))
+    compare_shapes(expected, plan, tf.path, f"Perceiver resampler ({plan.layout} layout)")
+    return plan, config
 
 
 _FIX = "The file is damaged or of a layout llmcond does not read; get the adapter from its original release"
@@ -194,17 +210,13 @@ def _load_strict(module: Adapter, state: dict[str, torch.Tensor], path: Path) ->
         raise ModelFileError(f"does not load strictly: {err}", path=path, fix=_FIX) from err
 
 
-def _info(tf: TensorFile, family: str, plan: KeyPlan, describe) -> AdapterInfo:
+def _info(tf: TensorFile, family: str, plan: KeyPlan, c) -> AdapterInfo:
     params = sum(_numel(s) for s in tf.shapes.values())
     if family == "llm_to_sdxl":
-        c = llm_to_sdxl.config_from_shapes(plan.shapes)
         return AdapterInfo(
             tf.path, family, plan.layout, c.llm_dim, c.max_input_len, c.output_len, c.dim, c.pooled_dim,
             {"wide": c.n_wide, "narrow": c.n_narrow}, params, tf.dtype, len(tf.shapes),
         )  # fmt: skip
-    from . import perceiver
-
-    c = perceiver.config_from_shapes(plan.shapes)
     return AdapterInfo(
         tf.path, family, plan.layout, c.llm_dim, c.max_input_len, c.num_latents, c.dim, c.pooled_dim,
         {"layers": c.depth}, params, tf.dtype, len(tf.shapes),

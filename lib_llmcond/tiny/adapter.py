@@ -90,15 +90,23 @@ def to_layout(sd: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tenso
     return sd
 
 
-def save_tensors(path: str | Path, sd: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> Path:
+def save_tensors(
+    path: str | Path,
+    sd: dict[str, torch.Tensor],
+    dtype: torch.dtype = torch.float32,
+    meta: dict | None = None,
+) -> Path:
+    """.safetensors (``meta`` in its metadata) or, for other suffixes, a torch pickle of a plain state dict
+    (``meta`` under a ``config`` key, as training scripts often save it)."""
     path = Path(path)
     sd = {k: v.to(dtype).contiguous() for k, v in sd.items()}
+    meta = {k: str(v) for k, v in (meta or {}).items()}
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        save_file(sd, str(path), metadata=METADATA)
+        save_file(sd, str(path), metadata={**METADATA, **meta})
     else:
-        torch.save(sd, str(path))
+        torch.save({"state_dict": sd, "config": meta} if meta else sd, str(path))
     return path
 
 
@@ -126,8 +134,11 @@ def write_tiny_adapter(
     elif family == "perceiver":
         from ..adapters import perceiver
 
+        if layout == "ref":
+            layout = "plain"
         config = perceiver.PerceiverConfig(llm_dim=llm_dim, dim=dim, depth=n_wide, **shape)
         sd = perceiver.to_layout(perceiver.canonical_state_dict(config, seed), layout)
+        meta = {"heads": config.heads}
     else:
         raise ValueError(f"unknown adapter family {family!r}")
-    return save_tensors(path, sd, dtype)
+    return save_tensors(path, sd, dtype, meta)
