@@ -257,7 +257,8 @@ def _block_forward(
         return block(x, key_mask)
     h = block.norm1(x)
     q, k, v = block.attn.qkv(h, h)
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+    attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     x = x + block.attn.out_proj(block.attn._merge(ctx) * dead[:, None, None])
     return x + block.mlp(block.norm2(x))
 

@@ -24,13 +24,13 @@ incomplete files are refused.
   (``[LayerNorm,] Linear, GELU, Linear``), norms named ``norm_q``/``norm_latents``/``norm_kv``/``norm_media``/
   ``norm_self``/``norm_ff`` or numbered ``norm1..norm3`` in the order cross, self, ff. Keys and values are
   the inputs only. Order in a layer: cross-attention, self-attention, feed-forward, each pre-norm residual.
-- Head size 64 (the default of all the projects above) unless the file's metadata says ``heads`` or
-  ``dim_head``; exact GELU; LayerNorm eps 1e-5.
+- Head size 64 (the default of all the projects above) unless the file's metadata (safetensors metadata, or
+  plain values such as a ``config`` dict next to the state dict in a pickle) says ``heads`` or ``dim_head``; exact GELU; LayerNorm eps 1e-5.
 - Pooled vector: a head named ``pooled_proj``/``pooled_projection``/``pool_proj``/``to_pooled``/
   ``pooled_head``/``pooler`` (one Linear, or Linear [LayerNorm] GELU Linear) applied to the **mean of the
   output tokens**. A file without such a head is refused (SDXL needs the pooled vector).
-- Inputs are cut to the first ``max_input_len`` tokens: the ``pos_emb`` length when there is one, else 256
-  (the card's training length). The mask (1 = real token) masks input keys; latents are never masked.
+- Inputs are cut to the first ``max_input_len`` tokens: the ``pos_emb`` length when there is one, else the
+  metadata's ``max_input_len``/``max_seq_len``/``max_length``, else 256 (the card's training length). The mask (1 = real token) masks input keys; latents are never masked.
 - ``return_attention``: the cross-attention of the latents on the input tokens, averaged over heads and
   layers, renormalised over the input tokens (latent keys left out).
 """
@@ -419,7 +419,7 @@ def config_from_shapes(
         out_dim=int(shapes["proj_out.weight"][0]) if proj_out else int(dim),
         pooled_dim=int(shapes["pooled.fc2.weight" if pooled_hidden else "pooled.fc1.weight"][0]),
         pooled_hidden=int(pooled_hidden) if pooled_hidden else None,
-        max_input_len=int(shapes["pos_emb"][0]) if "pos_emb" in shapes else DEFAULT_MAX_INPUT,
+        max_input_len=int(shapes["pos_emb"][0]) if "pos_emb" in shapes else _max_len(meta or {}),
         self_attn="layers.0.self.in_proj_weight" in shapes,
         proj_in="proj_in.weight" in shapes,
         proj_out=proj_out,
@@ -444,6 +444,13 @@ def _heads(inner: int, meta: Mapping[str, str]) -> int:
         if str(meta.get(key, "")).isdigit() and inner % int(meta[key]) == 0:
             return inner // int(meta[key])
     return max(inner // DIM_HEAD, 1)
+
+
+def _max_len(meta: Mapping[str, str]) -> int:
+    for key in ("max_input_len", "max_seq_len", "max_length", "max_tokens"):
+        if str(meta.get(key, "")).isdigit():
+            return int(meta[key])
+    return DEFAULT_MAX_INPUT
 
 
 def _list(items: Sequence[str], limit: int = 8) -> str:
