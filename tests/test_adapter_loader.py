@@ -251,3 +251,51 @@ def test_preset_shapes_are_inferred_from_shapes_alone():
         from lib_llmcond.adapters.llm_to_sdxl import config_from_shapes
 
         assert config_from_shapes({k: tuple(v.shape) for k, v in sd.items()}) == preset, name
+
+
+def test_non_ascii_path_and_symlink(tmp_path):
+    folder = tmp_path / "模型 adaptér"
+    folder.mkdir()
+    path = small(folder / "ädapter ✓.safetensors")
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(path)
+    assert_same(outputs(load_adapter(link)), outputs(load_adapter(path)))
+    path.write_bytes(path.read_bytes()[:100])
+    refused(path, "ädapter ✓.safetensors")
+
+
+def test_loaded_adapter_owns_its_memory(tmp_path):
+    """Overwriting the file in place after loading changes nothing (no view of a mapped file remains)."""
+    for name in ("a.safetensors", "a.pth"):
+        path = tmp_path / name
+        if name.endswith(".pth"):
+            torch.save(load_file(str(small(tmp_path / "src.safetensors"))), path)
+        else:
+            small(path)
+        adapter = load_adapter(path)
+        before = outputs(adapter)
+        path.write_bytes(b"\0" * path.stat().st_size)
+        assert_same(outputs(adapter), before)
+
+
+def test_unsupported_dtype_is_refused(tmp_path):
+    path = rewrite(
+        tmp_path, lambda sd: sd.__setitem__("pooling_token", torch.zeros(1, 1, 64, dtype=torch.bool))
+    )
+    refused(path, "BOOL")
+
+
+@pytest.mark.cuda
+def test_cuda_fp32_under_fp16_autocast(tmp_path):
+    path = small(tmp_path / "a.safetensors")
+    cpu = load_adapter(path)
+    gpu = load_adapter(path, device="cuda")
+    hidden = torch.randn(2, 9, 40)
+    mask = torch.tensor([[1] * 9, [0] * 3 + [1] * 6])
+    with torch.autocast("cuda", dtype=torch.float16):
+        out = gpu(hidden.cuda().half(), mask.cuda(), return_attention=True)
+    ref = cpu(hidden, mask, return_attention=True)
+    assert out.crossattn.dtype == torch.float32 and out.crossattn.device.type == "cuda"
+    assert (out.crossattn.cpu() - ref.crossattn).abs().max() <= 1e-2  # the input was rounded to fp16
+    again = gpu(hidden.cuda().half(), mask.cuda())
+    assert torch.equal(again.crossattn, gpu(hidden.cuda().half(), mask.cuda()).crossattn)
