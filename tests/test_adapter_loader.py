@@ -299,3 +299,24 @@ def test_cuda_fp32_under_fp16_autocast(tmp_path):
     assert (out.crossattn.cpu() - ref.crossattn).abs().max() <= 1e-2  # the input was rounded to fp16
     again = gpu(hidden.cuda().half(), mask.cuda())
     assert torch.equal(again.crossattn, gpu(hidden.cuda().half(), mask.cuda()).crossattn)
+
+
+def test_dotted_in_proj_spelling(tmp_path):
+    path = small(tmp_path / "r.safetensors")
+    sd = {k.replace("in_proj_weight", "in_proj.weight").replace("in_proj_bias", "in_proj.bias"): v
+          for k, v in load_file(str(path)).items()}  # fmt: skip
+    save_file(sd, str(tmp_path / "d.safetensors"))
+    assert inspect_adapter(tmp_path / "d.safetensors").layout == "dotted"
+    assert_same(outputs(load_adapter(tmp_path / "d.safetensors")), outputs(load_adapter(path)))
+
+
+def test_adapter_without_blocks_loads_and_runs(tmp_path):
+    """The smallest SDXL-wide adapter (for demos): 2048 wide, no wide or narrow blocks."""
+    path = write_tiny_adapter(
+        tmp_path / "z.safetensors", llm_dim=32, n_wide=0, n_narrow=0, dtype=torch.bfloat16
+    )
+    info = inspect_adapter(path)
+    assert info.blocks == {"wide": 0, "narrow": 0} and check_pair(32, info) is None
+    out = load_adapter(path)(torch.randn(1, 5, 32))
+    assert out.crossattn.shape == (1, 308, 2048) and out.pooled.shape == (1, 1280)
+    assert torch.isfinite(out.crossattn).all()

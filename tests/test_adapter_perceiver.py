@@ -262,3 +262,18 @@ def test_wrong_shape_in_a_layer_is_refused(tmp_path):
     sd = load_file(str(write(tmp_path / "p.safetensors", layout="lucidrains")))
     sd["layers.1.0.to_out.weight"] = torch.zeros(64, 32)
     refused(tmp_path, sd, "wrong shapes", "[64, 32]")
+
+
+def test_two_keys_for_one_place_and_mismatched_parts_are_refused(tmp_path):
+    sd = load_file(str(write(tmp_path / "p.safetensors", layout="plain")))
+    both = dict(
+        sd,
+        **{
+            "layers.0.norm1.weight": sd["layers.0.norm_q.weight"].clone(),
+            "layers.0.norm1.bias": sd["layers.0.norm_q.bias"].clone(),
+        },
+    )
+    refused(tmp_path, both, "all map to layers.0.cross.norm_q.weight")
+    sd2 = load_file(str(write(tmp_path / "l.safetensors", layout="lucidrains")))
+    sd2["layers.0.0.to_kv.weight"] = torch.zeros(128, 32)
+    refused(tmp_path, sd2, "parts of layers.0.cross.in_proj_weight differ in width")

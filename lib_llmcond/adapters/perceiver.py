@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -336,13 +336,13 @@ def plan_keys(shapes: Mapping[str, Sequence[int]], path: str | Path | None = Non
             canonical, _, order = target.partition("#")
             placed.setdefault(canonical, []).append((int(order or 0), key))
     for group, items in deferred.items():
-        for canonical, key in _resolve_group(group, items, shapes, placed, layout):
+        for canonical, key in _resolve_group(group, items, shapes, placed):
             placed.setdefault(canonical, []).append((0, key))
-    if unplaced:
+    problems = [f"keys llmcond cannot place: {_list(unplaced)}"] if unplaced else []
+    problems += _conflicts(placed, shapes)
+    if problems:
         raise ModelFileError(
-            f"Perceiver resampler ({layout} layout) with keys llmcond cannot place: {_list(unplaced)}",
-            path=path,
-            fix=FIX,
+            f"Perceiver resampler ({layout} layout) with " + "; ".join(problems), path=path, fix=FIX
         )
     plan = KeyPlan(layouts={layout})
     for canonical, parts in placed.items():
@@ -357,7 +357,27 @@ def plan_keys(shapes: Mapping[str, Sequence[int]], path: str | Path | None = Non
     return plan
 
 
-def _resolve_group(group, items, shapes, placed, layout):
+def _conflicts(placed: Mapping[str, list[tuple[int, str]]], shapes: Mapping[str, Sequence[int]]) -> list[str]:
+    """Two keys for one place (e.g. ``norm1`` and ``norm_q``), or parts to fuse whose widths differ."""
+    out = []
+    for canonical, parts in placed.items():
+        orders = [o for o, _ in parts]
+        keys = [k for _, k in sorted(parts)]
+        if len(set(orders)) != len(orders):
+            out.append(f"keys {', '.join(keys)} all map to {canonical}")
+        elif len({tuple(shapes[k][1:]) for k in keys}) > 1:
+            out.append(
+                f"parts of {canonical} differ in width: " + ", ".join(f"{k} {list(shapes[k])}" for k in keys)
+            )
+    return out
+
+
+def _resolve_group(
+    group: str,
+    items: list[tuple[str, str, str]],
+    shapes: Mapping[str, Sequence[int]],
+    placed: Mapping[str, object],
+) -> Iterator[tuple[str, str]]:
     """Sequential sub-modules decided by position and rank: in a feed-forward, 1-D weights before the first
     Linear are its LayerNorm and the 2-D ones are fc1, fc2; numbered norms go to cross, (self,) ff."""
     kind, prefix = group.split(" ")
@@ -372,7 +392,7 @@ def _resolve_group(group, items, shapes, placed, layout):
     by_index: dict[int, dict[str, str]] = {}
     for index, what, key in items:
         by_index.setdefault(int(index), {})[what] = key
-    linears = [i for i in sorted(by_index) if len(shapes[by_index[i].get("weight", "")] or ()) == 2]
+    linears = [i for i in sorted(by_index) if len(shapes.get(by_index[i].get("weight", ""), ())) == 2]
     names = ["fc1", "fc2"]
     base = "pooled" if kind == "@pool" else f"{prefix}.ff"
     for i in sorted(by_index):
