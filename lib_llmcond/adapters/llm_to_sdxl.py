@@ -115,17 +115,6 @@ class MultiheadAttention(nn.Module):
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.out_proj(self._merge(ctx))
 
-    def forward_with_weights(
-        self, query: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Explicit softmax attention; also returns the per-head probabilities [B, H, T, S]."""
-        q, k, v = self.qkv(query, source)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        probs = scores.softmax(dim=-1)
-        return self.out_proj(self._merge(torch.matmul(probs, v))), probs
-
 
 class TransformerBlock(nn.Module):
     """Pre-LN block: ``x + attn(LN1 x)``, then ``x + MLP(LN2 x)`` with exact GELU."""
