@@ -160,3 +160,104 @@ def test_gemma_preset_full_size_matches_oracle():
     mask = torch.ones(2, 40, dtype=torch.long)
     mask[1, 30:] = 0
     check(module, sd, cfg, hidden, mask)
+
+
+@pytest.mark.slow
+def test_t5gemma_preset_full_size_longer_than_512_matches_oracle():
+    cfg = PRESETS["t5gemma"]
+    module, sd = make(cfg, seed=2)
+    check(module, sd, cfg, torch.randn(1, 520, cfg.llm_dim))
+
+
+# ---- behaviour ----------------------------------------------------------------------------------------------
+def test_return_attention_changes_nothing_and_rows_sum_to_one():
+    module, _ = make(SMALL)
+    hidden = torch.randn(2, 10, SMALL.llm_dim)
+    mask = torch.tensor([[1] * 10, [0] * 4 + [1] * 6])
+    plain = module(hidden, mask)
+    out = module(hidden, mask, return_attention=True)
+    assert plain.attention is None
+    assert torch.equal(plain.crossattn, out.crossattn) and torch.equal(plain.pooled, out.pooled)
+    assert out.attention.shape == (2, SMALL.output_len, 10)
+    assert torch.allclose(out.attention.sum(-1), torch.ones(2, SMALL.output_len), atol=1e-5)
+    assert out.attention[1, :, :4].abs().max() == 0  # padded inputs get no attention
+
+
+def test_batch_rows_equal_single_rows():
+    module, _ = make(SMALL)
+    hidden = torch.randn(3, 12, SMALL.llm_dim)
+    mask = torch.tensor([[1] * 12, [0] * 5 + [1] * 7, [1] * 3 + [0] * 9])
+    batch = module(hidden, mask, return_attention=True)
+    for i in range(3):
+        single = module(hidden[i : i + 1], mask[i : i + 1], return_attention=True)
+        assert torch.allclose(batch.crossattn[i], single.crossattn[0], atol=1e-5)
+        assert torch.allclose(batch.pooled[i], single.pooled[0], atol=1e-5)
+        assert torch.allclose(batch.attention[i], single.attention[0], atol=1e-6)
+    # a row alone without a mask and its real length equals the masked, right-padded row
+    alone = module(hidden[2:3, :3])
+    assert torch.allclose(batch.crossattn[2], alone.crossattn[0], atol=1e-5)
+
+
+def test_deterministic_fp32_and_autocast_has_no_effect():
+    module, _ = make(SMALL)
+    hidden = torch.randn(2, 9, SMALL.llm_dim).to(torch.bfloat16)
+    first = module(hidden)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        second = module(hidden)
+    assert first.crossattn.dtype == second.crossattn.dtype == torch.float32
+    assert torch.equal(first.crossattn, second.crossattn) and torch.equal(first.pooled, second.pooled)
+
+
+def test_train_mode_is_refused_silently_and_no_grad():
+    module, _ = make(SMALL)
+    module.train()
+    assert not module.training
+    out = module(torch.randn(1, 4, SMALL.llm_dim, requires_grad=True))
+    assert not out.crossattn.requires_grad
+
+
+def test_rows_without_any_real_token_give_finite_output():
+    module, _ = make(SMALL)
+    hidden = torch.randn(2, 6, SMALL.llm_dim)
+    out = module(hidden, torch.tensor([[0] * 6, [1] * 6]), return_attention=True)
+    assert torch.isfinite(out.crossattn).all() and torch.isfinite(out.pooled).all()
+    assert out.attention[0].abs().max() == 0
+    empty = module(torch.zeros(1, 0, SMALL.llm_dim))
+    assert torch.isfinite(empty.crossattn).all() and empty.crossattn.shape == (1, SMALL.output_len, SMALL.dim)
+    assert torch.allclose(empty.crossattn[0], out.crossattn[0], atol=1e-5)
+
+
+def test_wrong_input_width_is_an_error():
+    module, _ = make(SMALL)
+    with pytest.raises(ValueError, match="hidden states"):
+        module(torch.randn(1, 4, SMALL.llm_dim + 1))
+
+
+@pytest.mark.parametrize(
+    ("name", "tensors", "params"), [("gemma", 84, 305_253_632), ("t5gemma", 96, 357_971_200)]
+)
+def test_preset_tensor_and_parameter_counts(name, tensors, params):
+    with torch.device("meta"):
+        module = LLMToSDXLAdapter(PRESETS[name])
+    sd = module.state_dict()
+    assert len(sd) == tensors
+    assert sum(t.numel() for t in sd.values()) == params
+
+
+def test_attention_weights_follow_torch_multihead_attention_convention():
+    """REF files hold ``nn.MultiheadAttention`` tensors: q, k, v stacked in ``in_proj_weight``, True in
+    ``key_padding_mask`` = ignore. Our attention on the same tensors gives the same result."""
+    from lib_llmcond.adapters.llm_to_sdxl import MultiheadAttention
+
+    torch_mha = torch.nn.MultiheadAttention(64, HEADS, batch_first=True).eval()
+    for p in torch_mha.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    ours = MultiheadAttention(64, HEADS)
+    ours.load_state_dict(torch_mha.state_dict(), strict=True)
+    q, kv = torch.randn(2, 5, 64), torch.randn(2, 9, 64)
+    keep = torch.tensor([[True] * 9, [False] * 3 + [True] * 6])
+    with torch.no_grad():
+        expected, _ = torch_mha(q, kv, kv, key_padding_mask=~keep, need_weights=False)
+        assert torch.allclose(ours(q, kv, keep), expected, atol=1e-5)
+        expected_self, _ = torch_mha(kv, kv, kv, need_weights=False)
+        assert torch.allclose(ours(kv, kv), expected_self, atol=1e-5)

@@ -3,10 +3,11 @@ through ``torch.load(weights_only=True)``: a pickle can run code, and we never l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,18 +18,10 @@ from ..errors import ModelFileError
 SAFETENSORS = (".safetensors",)
 PICKLES = (".pth", ".pt", ".bin", ".ckpt")
 _REDOWNLOAD = "Download the file again (compare its size with the source) or pick another file"
-_DTYPE_SIZES = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-}
+_TORCH_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+}  # fmt: skip
 _WRAPPERS = ("state_dict", "model", "module", "ema", "params", "weights", "resampler")
 
 
@@ -38,40 +31,43 @@ class TensorFile:
     shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, str]  # on disk, e.g. "BF16" or "bfloat16"
     meta: dict[str, str] = field(default_factory=dict)  # safetensors metadata / a pickle's plain values
-    _tensors: Mapping[str, torch.Tensor] | None = field(default=None, repr=False)
+    _tensors: Mapping[str, torch.Tensor] | None = field(default=None, repr=False)  # a loaded pickle
+    _spans: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # safetensors byte ranges
+    _data_start: int = 0
 
     @property
     def dtype(self) -> str:
         kinds = sorted(set(self.dtypes.values()))
         return kinds[0] if len(kinds) == 1 else "mixed: " + ", ".join(kinds)
 
-    def read(self, key: str) -> torch.Tensor:
-        """One tensor as a contiguous fp32 CPU tensor."""
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Callable[[str], torch.Tensor]]:
+        """A function reading one tensor as a contiguous fp32 CPU tensor in our own memory (never a view of
+        a mapped file, which must stay replaceable while loaded); the file is opened once and read with
+        plain reads, so the peak is the fp32 weights plus one tensor."""
         if self._tensors is not None:
-            t = self._tensors[key]
-        else:
-            try:
-                from safetensors import safe_open
+            yield lambda key: _fp32(self._tensors[key])
+            return
+        with self.path.open("rb") as f:
 
-                with safe_open(str(self.path), framework="pt") as f:
-                    t = f.get_tensor(key)
-            except Exception as err:  # safetensors raises its own error types
-                raise ModelFileError(
-                    f"cannot read tensor {key!r} ({err})", path=self.path, fix=_REDOWNLOAD
-                ) from err
-        return t.detach().to(device="cpu", dtype=torch.float32).contiguous()
+            def read(key: str) -> torch.Tensor:
+                start, end = self._spans[key]
+                raw = torch.empty(end - start, dtype=torch.uint8)
+                f.seek(self._data_start + start)
+                if f.readinto(memoryview(raw.numpy())) != end - start:
+                    raise ModelFileError(f"tensor {key!r} is cut short", path=self.path, fix=_REDOWNLOAD)
+                t = raw.view(_TORCH_DTYPES[self.dtypes[key]]).reshape(self.shapes[key])
+                return t if t.dtype == torch.float32 else t.to(torch.float32)
 
-    def read_all(self, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
-        keys = list(self.shapes) if keys is None else keys
-        if self._tensors is not None:
-            return {k: self.read(k) for k in keys}
-        from safetensors import safe_open
+            yield read
 
-        try:
-            with safe_open(str(self.path), framework="pt") as f:
-                return {k: f.get_tensor(k).to(torch.float32).contiguous() for k in keys}
-        except Exception as err:
-            raise ModelFileError(f"cannot read its tensors ({err})", path=self.path, fix=_REDOWNLOAD) from err
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """Always a copy in our own memory: tensors from safetensors or ``torch.load(mmap=True)`` may still be
+    views of the mapped file, which must stay replaceable (and, on Windows, deletable) while loaded."""
+    out = torch.empty(tuple(t.shape), dtype=torch.float32)
+    out.copy_(t.detach())
+    return out
 
 
 def open_tensor_file(path: str | Path) -> TensorFile:
@@ -102,21 +98,23 @@ def _open_safetensors(path: Path) -> TensorFile:
             if n > size - 8 or n > 100 * 2**20:
                 raise ValueError(f"header length {n} does not fit in a {size}-byte file")
             header = json.loads(f.read(n))
-        shapes, dtypes = {}, {}
+        shapes, dtypes, spans = {}, {}, {}
         meta = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
         data_size = size - 8 - n
         for key, info in header.items():
             if key == "__metadata__":
                 continue
-            start, end = info["data_offsets"]
+            start, end = (int(o) for o in info["data_offsets"])
             shape = tuple(int(s) for s in info["shape"])
-            expected = _numel(shape) * _DTYPE_SIZES.get(info["dtype"], 0)
-            if end > data_size or start > end or (expected and end - start != expected):
+            if info["dtype"] not in _TORCH_DTYPES:
+                raise ValueError(f"tensor {key!r} has dtype {info['dtype']}, which adapters never use")
+            expected = _numel(shape) * _TORCH_DTYPES[info["dtype"]].itemsize
+            if end > data_size or start > end or end - start != expected:
                 raise ValueError(f"tensor {key!r} lies outside the file's data (truncated?)")
-            shapes[key], dtypes[key] = shape, str(info["dtype"])
+            shapes[key], dtypes[key], spans[key] = shape, str(info["dtype"]), (start, end)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, struct.error) as err:
         raise ModelFileError(f"not a readable safetensors file: {err}", path=path, fix=_REDOWNLOAD) from err
-    return TensorFile(path, shapes, dtypes, meta)
+    return TensorFile(path, shapes, dtypes, meta, _spans=spans, _data_start=8 + n)
 
 
 def _open_pickle(path: Path) -> TensorFile:

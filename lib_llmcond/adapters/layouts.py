@@ -6,6 +6,8 @@ Accepted, besides REF's own ``nn.MultiheadAttention`` names (``attn.in_proj_weig
   "explicit" adapters); q, k, v are concatenated along dim 0 into ``in_proj_*``.
 - **converted** (LingyeSoul's "Turbo" format): block attention directly on the block
   (``wide_attention_blocks.{i}.q_proj``), and ``compression_{q,k,v,out}_proj`` / ``pooling_{q,k,v,out}_proj``.
+- **dotted**: ``in_proj.weight`` / ``in_proj.bias`` for ``in_proj_weight`` / ``in_proj_bias`` (a spelling
+  LingyeSoul's converter also accepts).
 - **input_norm**: ``input_norm.{weight,bias}`` [llm_dim], a LayerNorm over the LLM hidden states applied before
   ``seq_projection`` (lRemixl's ``use_norm=True`` adapters); it is kept and applied.
 
@@ -38,6 +40,7 @@ RENAMES: tuple[tuple[re.Pattern[str], str, str], ...] = tuple(
         (r"^(compression|pooling)_(?:out|o)_proj\.(weight|bias)$", r"\1_attention.out_proj.\2", "converted"),
         (r"^(.+)\.o_proj\.(weight|bias)$", r"\1.out_proj.\2", "split"),
         (r"^(.+)\.([qkv])_proj\.(weight|bias)$", r"\1.\2_proj.\3", "split"),
+        (r"^(.+)\.in_proj\.(weight|bias)$", r"\1.in_proj_\2", "dotted"),
         (r"^input_norm\.(weight|bias)$", r"input_norm.\1", "input_norm"),
     )
 )

@@ -115,17 +115,6 @@ class MultiheadAttention(nn.Module):
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.out_proj(self._merge(ctx))
 
-    def forward_with_weights(
-        self, query: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Explicit softmax attention; also returns the per-head probabilities [B, H, T, S]."""
-        q, k, v = self.qkv(query, source)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-        probs = scores.softmax(dim=-1)
-        return self.out_proj(self._merge(torch.matmul(probs, v))), probs
-
 
 class TransformerBlock(nn.Module):
     """Pre-LN block: ``x + attn(LN1 x)``, then ``x + MLP(LN2 x)`` with exact GELU."""
@@ -233,10 +222,11 @@ class LLMToSDXLAdapter(Adapter):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """308 learned queries attend to the wide output; always the explicit path, so the outputs do not
         depend on whether the attention map is asked for."""
-        queries = self.compression_queries
-        attn = self.compression_attention
-        q, k, v = attn.qkv(queries, x)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+        attn, d = self.compression_attention, self.config.dim
+        q, gate_q = self._query_constants()
+        k, v = F.linear(x, attn.in_proj_weight[d:], attn.in_proj_bias[d:]).split(d, dim=-1)
+        k, v = attn._split(k), attn._split(v)
+        scores = torch.matmul(q, k.transpose(-1, -2))
         if key_mask is not None:
             scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
         probs = scores.softmax(dim=-1)  # [B, H, T, S]
@@ -244,10 +234,24 @@ class LLMToSDXLAdapter(Adapter):
         if dead is not None:
             ctx = ctx * dead[:, None, None]
         c = attn.out_proj(ctx)
-        queries = queries.expand(x.shape[0], -1, -1)
-        gate = self.compression_gate(torch.cat([queries, c], dim=-1))
+        gate = torch.sigmoid(gate_q + F.linear(c, self.compression_gate[0].weight[:, d:]))
+        queries = self.compression_queries
         y = self.compression_norm(gate * c + (1 - gate) * queries)
         return y + self.output_position_embeddings, probs
+
+    def _query_constants(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What depends on the learned queries only: their scaled projection [1, H, T, hd] and the queries'
+        half of the gate's input, ``W_g[:, :D] q + b_g``. Cached until a parameter is replaced or changed."""
+        attn, gate, d = self.compression_attention, self.compression_gate[0], self.config.dim
+        params = (self.compression_queries, attn.in_proj_weight, attn.in_proj_bias, gate.weight, gate.bias)
+        key = tuple((p.data_ptr(), p._version, p.device) for p in params)
+        if getattr(self, "_constants_key", None) != key:
+            queries = self.compression_queries
+            q = attn._split(F.linear(queries, attn.in_proj_weight[:d], attn.in_proj_bias[:d]))
+            q = q * (1.0 / math.sqrt(q.shape[-1]))
+            self._constants = (q, F.linear(queries, gate.weight[:, :d], gate.bias))
+            self._constants_key = key
+        return self._constants
 
 
 def _block_forward(
@@ -257,7 +261,8 @@ def _block_forward(
         return block(x, key_mask)
     h = block.norm1(x)
     q, k, v = block.attn.qkv(h, h)
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+    attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
     x = x + block.attn.out_proj(block.attn._merge(ctx) * dead[:, None, None])
     return x + block.mlp(block.norm2(x))
 

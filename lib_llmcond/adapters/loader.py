@@ -58,7 +58,8 @@ def load_adapter(path: str | Path, *, device: str | torch.device = "cpu") -> Ada
     tf = open_tensor_file(path)
     family, plan, config = _analyse(tf)
     module = _build(lambda: _module_for(family, config))
-    state = plan.build(tf.read)
+    with tf.reader() as read:
+        state = plan.build(read)
     _load_strict(module, state, tf.path)
     module.requires_grad_(False)
     return module.to(device).eval()

@@ -24,13 +24,13 @@ incomplete files are refused.
   (``[LayerNorm,] Linear, GELU, Linear``), norms named ``norm_q``/``norm_latents``/``norm_kv``/``norm_media``/
   ``norm_self``/``norm_ff`` or numbered ``norm1..norm3`` in the order cross, self, ff. Keys and values are
   the inputs only. Order in a layer: cross-attention, self-attention, feed-forward, each pre-norm residual.
-- Head size 64 (the default of all the projects above) unless the file's metadata says ``heads`` or
-  ``dim_head``; exact GELU; LayerNorm eps 1e-5.
+- Head size 64 (the default of all the projects above) unless the file's metadata (safetensors metadata, or
+  plain values such as a ``config`` dict next to the state dict in a pickle) says ``heads`` or ``dim_head``; exact GELU; LayerNorm eps 1e-5.
 - Pooled vector: a head named ``pooled_proj``/``pooled_projection``/``pool_proj``/``to_pooled``/
   ``pooled_head``/``pooler`` (one Linear, or Linear [LayerNorm] GELU Linear) applied to the **mean of the
   output tokens**. A file without such a head is refused (SDXL needs the pooled vector).
-- Inputs are cut to the first ``max_input_len`` tokens: the ``pos_emb`` length when there is one, else 256
-  (the card's training length). The mask (1 = real token) masks input keys; latents are never masked.
+- Inputs are cut to the first ``max_input_len`` tokens: the ``pos_emb`` length when there is one, else the
+  metadata's ``max_input_len``/``max_seq_len``/``max_length``, else 256 (the card's training length). The mask (1 = real token) masks input keys; latents are never masked.
 - ``return_attention``: the cross-attention of the latents on the input tokens, averaged over heads and
   layers, renormalised over the input tokens (latent keys left out).
 """
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -336,13 +336,13 @@ def plan_keys(shapes: Mapping[str, Sequence[int]], path: str | Path | None = Non
             canonical, _, order = target.partition("#")
             placed.setdefault(canonical, []).append((int(order or 0), key))
     for group, items in deferred.items():
-        for canonical, key in _resolve_group(group, items, shapes, placed, layout):
+        for canonical, key in _resolve_group(group, items, shapes, placed):
             placed.setdefault(canonical, []).append((0, key))
-    if unplaced:
+    problems = [f"keys llmcond cannot place: {_list(unplaced)}"] if unplaced else []
+    problems += _conflicts(placed, shapes)
+    if problems:
         raise ModelFileError(
-            f"Perceiver resampler ({layout} layout) with keys llmcond cannot place: {_list(unplaced)}",
-            path=path,
-            fix=FIX,
+            f"Perceiver resampler ({layout} layout) with " + "; ".join(problems), path=path, fix=FIX
         )
     plan = KeyPlan(layouts={layout})
     for canonical, parts in placed.items():
@@ -357,7 +357,27 @@ def plan_keys(shapes: Mapping[str, Sequence[int]], path: str | Path | None = Non
     return plan
 
 
-def _resolve_group(group, items, shapes, placed, layout):
+def _conflicts(placed: Mapping[str, list[tuple[int, str]]], shapes: Mapping[str, Sequence[int]]) -> list[str]:
+    """Two keys for one place (e.g. ``norm1`` and ``norm_q``), or parts to fuse whose widths differ."""
+    out = []
+    for canonical, parts in placed.items():
+        orders = [o for o, _ in parts]
+        keys = [k for _, k in sorted(parts)]
+        if len(set(orders)) != len(orders):
+            out.append(f"keys {', '.join(keys)} all map to {canonical}")
+        elif len({tuple(shapes[k][1:]) for k in keys}) > 1:
+            out.append(
+                f"parts of {canonical} differ in width: " + ", ".join(f"{k} {list(shapes[k])}" for k in keys)
+            )
+    return out
+
+
+def _resolve_group(
+    group: str,
+    items: list[tuple[str, str, str]],
+    shapes: Mapping[str, Sequence[int]],
+    placed: Mapping[str, object],
+) -> Iterator[tuple[str, str]]:
     """Sequential sub-modules decided by position and rank: in a feed-forward, 1-D weights before the first
     Linear are its LayerNorm and the 2-D ones are fc1, fc2; numbered norms go to cross, (self,) ff."""
     kind, prefix = group.split(" ")
@@ -372,7 +392,7 @@ def _resolve_group(group, items, shapes, placed, layout):
     by_index: dict[int, dict[str, str]] = {}
     for index, what, key in items:
         by_index.setdefault(int(index), {})[what] = key
-    linears = [i for i in sorted(by_index) if len(shapes[by_index[i].get("weight", "")] or ()) == 2]
+    linears = [i for i in sorted(by_index) if len(shapes.get(by_index[i].get("weight", ""), ())) == 2]
     names = ["fc1", "fc2"]
     base = "pooled" if kind == "@pool" else f"{prefix}.ff"
     for i in sorted(by_index):
@@ -419,7 +439,7 @@ def config_from_shapes(
         out_dim=int(shapes["proj_out.weight"][0]) if proj_out else int(dim),
         pooled_dim=int(shapes["pooled.fc2.weight" if pooled_hidden else "pooled.fc1.weight"][0]),
         pooled_hidden=int(pooled_hidden) if pooled_hidden else None,
-        max_input_len=int(shapes["pos_emb"][0]) if "pos_emb" in shapes else DEFAULT_MAX_INPUT,
+        max_input_len=int(shapes["pos_emb"][0]) if "pos_emb" in shapes else _max_len(meta or {}),
         self_attn="layers.0.self.in_proj_weight" in shapes,
         proj_in="proj_in.weight" in shapes,
         proj_out=proj_out,
@@ -444,6 +464,13 @@ def _heads(inner: int, meta: Mapping[str, str]) -> int:
         if str(meta.get(key, "")).isdigit() and inner % int(meta[key]) == 0:
             return inner // int(meta[key])
     return max(inner // DIM_HEAD, 1)
+
+
+def _max_len(meta: Mapping[str, str]) -> int:
+    for key in ("max_input_len", "max_seq_len", "max_length", "max_tokens"):
+        if str(meta.get(key, "")).isdigit():
+            return int(meta[key])
+    return DEFAULT_MAX_INPUT
 
 
 def _list(items: Sequence[str], limit: int = 8) -> str:

@@ -126,6 +126,7 @@ def write_tiny_adapter(
 ) -> Path:
     """Write a random adapter. ``shape`` passes further sizes (``mlp_hidden``, ``output_len``...); for the
     Perceiver family ``n_wide`` is the depth and ``layout`` one of ``perceiver.LAYOUTS``."""
+    meta: dict = {}
     if family == "llm_to_sdxl":
         config = llm_to_sdxl_config(
             llm_dim, n_wide=n_wide, n_narrow=n_narrow, dim=dim, input_norm=input_norm, **shape
@@ -138,7 +139,7 @@ def write_tiny_adapter(
             layout = "plain"
         config = perceiver.PerceiverConfig(llm_dim=llm_dim, dim=dim, depth=n_wide, **shape)
         sd = perceiver.to_layout(perceiver.canonical_state_dict(config, seed), layout)
-        meta = {"heads": config.heads}
+        meta = {"heads": config.heads, "max_input_len": config.max_input_len}
     else:
         raise ValueError(f"unknown adapter family {family!r}")
     return save_tensors(path, sd, dtype, meta)
