@@ -37,14 +37,14 @@ def _encode(args: argparse.Namespace) -> int:
     cond = Engine().get_conditioning(
         [args.prompt], opts, width=args.width, height=args.height, is_negative=False, reports=reports
     )
-    pooled = cond["vector"][:, :1280].contiguous()
+    pooled = cond["vector"][:, :1280].clone()
     tensors = {
         "crossattn": cond["crossattn"].contiguous(),
         "pooled": pooled,
         "vector": cond["vector"].contiguous(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.float() for k, v in tensors.items()}, args.out)
+    save_file({k: v.float().contiguous() for k, v in tensors.items()}, args.out)
     print(f"{args.out}: crossattn {tuple(tensors['crossattn'].shape)}, tokens {reports[0].describe()}")
     return 0
 

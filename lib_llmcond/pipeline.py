@@ -13,9 +13,6 @@ import torch
 
 from lib_llmcond.adapters.base import AdapterOutput
 from lib_llmcond.encoders.llm import LLM
-from lib_llmcond.prompt.chunks import CutInfo, cut_report, split_for_budget
-from lib_llmcond.prompt.emphasis import parse_prompt
-from lib_llmcond.prompt.weights import apply_emphasis, output_multipliers, token_weights
 from lib_llmcond.text.paths import PromptTokens
 
 EMPHASIS_MODES = ("None", "Ignore", "Original", "No norm")
@@ -52,7 +49,7 @@ class PromptReport:
 
     tokens: int
     budget: int
-    cut: CutInfo | None = None
+    cut: object | None = None  # prompt.chunks.CutInfo
     chunks: int = 1
 
     def describe(self) -> str:
@@ -98,6 +95,8 @@ class Pipeline:
         if opts.emphasis == "None":
             pieces = [(text, [])]
         else:
+            from lib_llmcond.prompt.emphasis import parse_prompt
+
             parsed = parse_prompt(text, syntax=opts.emphasis_syntax)
             if opts.break_mode == "blocks" and len(parsed.pieces) > 1:
                 pieces = [(p.text, list(p.spans)) for p in parsed.pieces]
@@ -105,14 +104,17 @@ class Pipeline:
                 pieces = [(parsed.text, list(parsed.spans))]
         units = []
         for piece_text, spans in pieces:
-            chunks = (
-                split_for_budget(piece_text, spans, self._counter(opts), self.budget) if opts.chunk else []
-            )
+            chunks = self._chunks(piece_text, spans, opts) if opts.chunk else []
             if len(chunks) > 1:
                 units.extend(_Unit(index, c.text, list(c.spans), whole=piece_text) for c in chunks)
             else:
                 units.append(_Unit(index, piece_text, spans))
         return units
+
+    def _chunks(self, text: str, spans: list, opts: TextOptions) -> list:
+        from lib_llmcond.prompt.chunks import split_for_budget
+
+        return split_for_budget(text, spans, self._counter(opts), self.budget)
 
     def _counter(self, opts: TextOptions):
         path, tok = self.text_path(opts), self.llm.tokenizer
@@ -161,7 +163,9 @@ class Pipeline:
         crossattn = out.crossattn[i]
         if out.attention is None or not unit.spans:
             return crossattn
-        offsets = row.offsets[row.adapter_start : row.adapter_end][: self.budget]
+        from lib_llmcond.prompt.weights import apply_emphasis, output_multipliers, token_weights
+
+        offsets = self.text_path(opts).adapter_offsets(row, self.llm.tokenizer)[: self.budget]
         w = torch.tensor(token_weights(offsets, unit.spans), dtype=torch.float32, device=crossattn.device)
         attn = out.attention[i : i + 1, :, : w.shape[0]]
         mult = output_multipliers(attn, w[None], mode=opts.mapping)
@@ -175,6 +179,8 @@ class Pipeline:
         cut = None
         for unit, row in zip(units, rows):
             if row.adapter_end - row.adapter_start > self.budget and cut is None:
+                from lib_llmcond.prompt.chunks import cut_report
+
                 offsets = row.offsets[row.adapter_start : row.adapter_end]
                 cut = cut_report(unit.text, offsets, self.budget)
         return PromptReport(tokens=tokens, budget=self.budget, cut=cut, chunks=len(units))

@@ -47,9 +47,7 @@ class LLM:
         """Last hidden states [B, L, hidden] after the final norm, in the compute dtype."""
         d = self.device
         with _autocast_off(d):
-            return self.model(
-                batch.input_ids.to(d), batch.attention_mask.to(d), batch.position_ids.to(d)
-            )
+            return self.model(batch.input_ids.to(d), batch.attention_mask.to(d), batch.position_ids.to(d))
 
 
 def _autocast_off(device: torch.device):

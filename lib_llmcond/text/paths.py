@@ -52,7 +52,9 @@ class TextPath(Protocol):
         """Offsets of the adapter's inputs in batch order (before the adapter's own cut to its budget)."""
         ...
 
-    def batch(self, rows: list[PromptTokens], tokenizer: Tokenizer, pad_to: int | None = None) -> TokenBatch: ...
+    def batch(
+        self, rows: list[PromptTokens], tokenizer: Tokenizer, pad_to: int | None = None
+    ) -> TokenBatch: ...
 
 
 def _map_offsets(spans, start: int, end: int, shift: int) -> list[Offset]:
@@ -68,7 +70,9 @@ def _map_offsets(spans, start: int, end: int, shift: int) -> list[Offset]:
     return out
 
 
-def _right_padded(rows: list[PromptTokens], pad_id: int, pad_to: int | None, mask_to_adapter: bool) -> TokenBatch:
+def _right_padded(
+    rows: list[PromptTokens], pad_id: int, pad_to: int | None, mask_to_adapter: bool
+) -> TokenBatch:
     length = max(len(r.ids) for r in rows)
     if pad_to is not None:
         length = max(length, pad_to)

@@ -179,7 +179,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (OSError, ValueError) as e:
-        raise ModelFileError(f"unreadable JSON ({e})", path=path, fix="re-download the tokenizer files") from e
+        raise ModelFileError(
+            f"unreadable JSON ({e})", path=path, fix="re-download the tokenizer files"
+        ) from e
 
 
 def _token_text(value: Any) -> str | None:

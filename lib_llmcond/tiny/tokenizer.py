@@ -33,7 +33,9 @@ def _corpus(prefix27: bool) -> list[str]:
     return lines
 
 
-def write_tiny_gemma_tokenizer(directory: str | Path, *, vocab_size: int = 512, prefix27: bool = False) -> Path:
+def write_tiny_gemma_tokenizer(
+    directory: str | Path, *, vocab_size: int = 512, prefix27: bool = False
+) -> Path:
     """Write ``tokenizer.model``, ``tokenizer_config.json`` and ``special_tokens_map.json`` into ``directory``."""
     import sentencepiece as spm
 
