@@ -19,7 +19,7 @@ from lib_llmcond.errors import LlmcondError
 def _encode(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
-    from lib_llmcond.engine import Engine, EncodeOptions
+    from lib_llmcond.engine import EncodeOptions, Engine
 
     opts = EncodeOptions(
         llm=args.llm,
@@ -38,7 +38,11 @@ def _encode(args: argparse.Namespace) -> int:
         [args.prompt], opts, width=args.width, height=args.height, is_negative=False, reports=reports
     )
     pooled = cond["vector"][:, :1280].contiguous()
-    tensors = {"crossattn": cond["crossattn"].contiguous(), "pooled": pooled, "vector": cond["vector"].contiguous()}
+    tensors = {
+        "crossattn": cond["crossattn"].contiguous(),
+        "pooled": pooled,
+        "vector": cond["vector"].contiguous(),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.float() for k, v in tensors.items()}, args.out)
     print(f"{args.out}: crossattn {tuple(tensors['crossattn'].shape)}, tokens {reports[0].describe()}")
@@ -49,12 +53,16 @@ def _info(args: argparse.Namespace) -> int:
     from lib_llmcond.info import describe_path
 
     info = describe_path(Path(args.path))
-    print(json.dumps(info, indent=2, default=str) if args.json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+    print(
+        json.dumps(info, indent=2, default=str)
+        if args.json
+        else "\n".join(f"{k}: {v}" for k, v in info.items())
+    )
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lib_llmcond.engine import Engine, EncodeOptions
+    from lib_llmcond.engine import EncodeOptions, Engine
     from lib_llmcond.tiny import build_demo_models
 
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="llmcond-demo-"))
@@ -91,11 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--width", type=int, default=1024)
     enc.add_argument("--height", type=int, default=1024)
     enc.add_argument(
-        "--emphasis", default="off", choices=["off", "Ignore", "Original", "No norm"], help="off: raw text to the LLM"
+        "--emphasis",
+        default="off",
+        choices=["off", "Ignore", "Original", "No norm"],
+        help="off: raw text to the LLM",
     )
     enc.add_argument("--emphasis-syntax", default="full", choices=["full", "weights_only"])
     enc.add_argument("--break-mode", default="paragraphs", choices=["paragraphs", "blocks"])
-    enc.add_argument("--chunk", action="store_true", help="split prompts past the 512-token budget into pieces")
+    enc.add_argument(
+        "--chunk", action="store_true", help="split prompts past the 512-token budget into pieces"
+    )
     enc.add_argument("--system-prompt", default=None, help="replace the reference's system prompt")
     enc.add_argument("--llm-dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     enc.add_argument("--device", default="cpu")

@@ -46,7 +46,9 @@ class EncodeOptions:
 
     def __post_init__(self) -> None:
         if self.llm_dtype not in ("auto", *DTYPES):
-            raise ValueError(f"llm_dtype must be auto, bfloat16 or float32 (never float16), not {self.llm_dtype!r}")
+            raise ValueError(
+                f"llm_dtype must be auto, bfloat16 or float32 (never float16), not {self.llm_dtype!r}"
+            )
         if self.memory not in MEMORY_POLICIES:
             raise ValueError(f"memory must be one of {MEMORY_POLICIES}, not {self.memory!r}")
         if self.empty_negative not in EMPTY_NEGATIVE:
@@ -79,7 +81,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise LlmcondError("the device 'cuda' was chosen but this torch has no CUDA device", fix="choose cpu or auto")
+        raise LlmcondError(
+            "the device 'cuda' was chosen but this torch has no CUDA device", fix="choose cpu or auto"
+        )
     return device
 
 
@@ -210,7 +214,11 @@ class Engine:
         encoded = self.encode_texts(texts + [p for p in prefetch if p not in texts], opts)[: len(texts)]
         if reports is not None:
             reports.extend(e.report for e in encoded)
-        filler = self.encode_texts([""], opts)[0].crossattn if len({e.crossattn.shape[0] for e in encoded}) > 1 else None
+        filler = (
+            self.encode_texts([""], opts)[0].crossattn
+            if len({e.crossattn.shape[0] for e in encoded}) > 1
+            else None
+        )
         crossattn = pad_blocks([e.crossattn for e in encoded], filler) if filler is not None else None
         if crossattn is None:
             crossattn = torch.stack([e.crossattn for e in encoded])
@@ -277,4 +285,6 @@ class Engine:
 def check_files_exist(*paths: str) -> None:
     for p in paths:
         if not Path(p).exists():
-            raise ModelFileError("the file does not exist", path=p, fix="choose an existing model and refresh the list")
+            raise ModelFileError(
+                "the file does not exist", path=p, fix="choose an existing model and refresh the list"
+            )

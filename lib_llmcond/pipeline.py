@@ -105,7 +105,9 @@ class Pipeline:
                 pieces = [(parsed.text, list(parsed.spans))]
         units = []
         for piece_text, spans in pieces:
-            chunks = split_for_budget(piece_text, spans, self._counter(opts), self.budget) if opts.chunk else []
+            chunks = (
+                split_for_budget(piece_text, spans, self._counter(opts), self.budget) if opts.chunk else []
+            )
             if len(chunks) > 1:
                 units.extend(_Unit(index, c.text, list(c.spans), whole=piece_text) for c in chunks)
             else:
