@@ -114,7 +114,7 @@ def _with_pydantic(pydantic: Any, data: dict) -> dict:
     except pydantic.ValidationError as e:
         raise ScriptArgsError(
             _describe([(err.get("loc", ()), err.get("msg", "invalid")) for err in e.errors()])
-        )
+        ) from None
     return obj.model_dump() if _v2(pydantic) else obj.dict()
 
 

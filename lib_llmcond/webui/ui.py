@@ -71,7 +71,7 @@ def build(tab: str, choices: Choices) -> list[Any]:
             )
             refresh = gr.Button(REFRESH_SYMBOL, elem_id=f"{eid}_refresh", elem_classes=["tool"])
         info = gr.HTML(_info_html(choices, _first(llms), _first(adapters)), elem_id=f"{eid}_info")
-        counter = gr.HTML("", elem_id=f"{eid}_counter")
+        gr.HTML("", elem_id=f"{eid}_counter")  # filled by javascript/llmcond.js
         with gr.Row():
             temps = choices.templates()
             template = gr.Dropdown(temps, value=_first(temps), label="Template", elem_id=f"{eid}_template")
@@ -90,18 +90,17 @@ def build(tab: str, choices: Choices) -> list[Any]:
                 list(A.BREAK_CHOICES), value="paragraphs", label="BREAK", elem_id=f"{eid}_break"
             )
             chunk = gr.Checkbox(False, label="Chunk long prompts", elem_id=f"{eid}_chunk")
-        with gr.Accordion("Advanced", open=False, elem_id=f"{eid}_advanced"):
-            with gr.Row():
-                presets = choices.presets()
-                system_prompt = gr.Dropdown(
-                    presets, value=A.DEFAULT_PRESET, label="System prompt", elem_id=f"{eid}_system"
-                )
-                device = gr.Dropdown(
-                    list(A.DEVICE_CHOICES), value="auto", label="Device", elem_id=f"{eid}_device"
-                )
-                dtype = gr.Dropdown(
-                    list(A.DTYPE_CHOICES), value="auto", label="LLM dtype", elem_id=f"{eid}_dtype"
-                )
+        with gr.Accordion("Advanced", open=False, elem_id=f"{eid}_advanced"), gr.Row():
+            presets = choices.presets()
+            system_prompt = gr.Dropdown(
+                presets, value=A.DEFAULT_PRESET, label="System prompt", elem_id=f"{eid}_system"
+            )
+            device = gr.Dropdown(
+                list(A.DEVICE_CHOICES), value="auto", label="Device", elem_id=f"{eid}_device"
+            )
+            dtype = gr.Dropdown(
+                list(A.DTYPE_CHOICES), value="auto", label="LLM dtype", elem_id=f"{eid}_dtype"
+            )
 
     def on_refresh(cur_llm: str | None, cur_adapter: str | None) -> tuple:
         ls, ads, ts = choices.llms(), choices.adapters(), choices.templates()

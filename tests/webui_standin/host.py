@@ -33,7 +33,7 @@ import sys
 import types
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -356,8 +356,8 @@ class Sampled:
 
 
 class StableDiffusionProcessing:
-    cached_uc: list = [None, None]
-    cached_c: list = [None, None]
+    cached_uc: ClassVar[list] = [None, None]
+    cached_c: ClassVar[list] = [None, None]
 
     def __init__(
         self,
@@ -478,8 +478,8 @@ class StableDiffusionProcessing:
 
 
 class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
-    cached_hr_uc: list = [None, None]
-    cached_hr_c: list = [None, None]
+    cached_hr_uc: ClassVar[list] = [None, None]
+    cached_hr_c: ClassVar[list] = [None, None]
 
     def __init__(self, host, enable_hr=False, hr_scale=2.0, hr_prompt="", hr_negative_prompt="", **kw):
         super().__init__(host, **kw)
