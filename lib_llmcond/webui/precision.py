@@ -3,7 +3,8 @@
 A1111 computes conds inside ``devices.autocast()``: ``torch.autocast`` (fp16 on CUDA) or ``devices.manual_cast``,
 which patches ``forward`` of ``nn.Linear``, ``nn.LayerNorm`` ... globally and keeps the original as
 ``org_forward`` on the class. Gemma must never run in fp16, so both are undone for the duration of our encode
-and put back afterwards. Forge2's ``devices.autocast()`` is a no-op; its ``torch.inference_mode`` is harmless.
+and put back afterwards (unless the host ended its manual cast meanwhile). The patches are process-wide, as the
+host's own are: the hosts run one generation at a time (``queue_lock``). Forge2's ``devices.autocast()`` is a no-op; its ``torch.inference_mode`` is harmless.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def outside_host_autocast() -> Iterator[None]:
             yield
     finally:
         for cls, patched in undone.items():
-            cls.forward = patched
+            if "org_forward" in cls.__dict__:  # the host's manual_cast is still active: put its patch back
+                cls.forward = patched
 
 
 def free_host_vram(host: str, nbytes: int, device: torch.device) -> None:

@@ -390,9 +390,7 @@ class StableDiffusionProcessing:
         self.distilled_cfg_scale = extra.pop("distilled_cfg_scale", 3.5)
         self.__dict__.update(extra)
         if not host.shared.opts.persistent_cond_cache:
-            self.cached_c, self.cached_uc = [None, None], [None, None]
-        if host.flavour == "forge2":
-            self.cached_c, self.cached_uc = [None, None, None], [None, None, None]
+            self.cached_c, self.cached_uc = [None] * len(self.cached_c), [None] * len(self.cached_uc)
         self.sampled: list[Sampled] = []
         self.extra_network_data: list = []
 
@@ -598,6 +596,7 @@ class Host:
         self.styles = {"cinematic": ("cinematic lighting", "blurry")}
         self.sd_model_name = "sdxl_base"
         self.callbacks = Callbacks()
+        self.manual_cast = True  # A1111 on MPS/XPU/old GPUs; False: torch.autocast (thread-local) as on CUDA
         self.script_errors: list = []
         self.modules: dict[str, types.ModuleType] = {}
         self._build()
@@ -633,19 +632,24 @@ class Host:
                 )
             },
         )
-        autocast = contextlib.nullcontext if self.flavour == "forge2" else _a1111_autocast
+        autocast = contextlib.nullcontext if self.flavour == "forge2" else self._a1111_autocast
         self.devices = self._module(
             "modules.devices", autocast=autocast, device=torch.device("cpu"), torch_gc=lambda: None
         )
+        slots = 3 if self.flavour == "forge2" else 2  # Forge2 keeps extra generation params in a 3rd slot
+
+        def cache() -> list:
+            return [None] * slots
+
         base = type(
             "StableDiffusionProcessing",
             (StableDiffusionProcessing,),
-            {"cached_uc": [None, None], "cached_c": [None, None]},
+            {"cached_uc": cache(), "cached_c": cache()},
         )
         t2i = type(
             "StableDiffusionProcessingTxt2Img",
             (StableDiffusionProcessingTxt2Img, base),
-            {"cached_hr_uc": [None, None], "cached_hr_c": [None, None]},
+            {"cached_hr_uc": cache(), "cached_hr_c": cache()},
         )
         i2i = type("StableDiffusionProcessingImg2Img", (StableDiffusionProcessingImg2Img, base), {})
         self.processing = self._module(
@@ -672,6 +676,9 @@ class Host:
             self._module("backend", __path__=[])
             self._module("backend.diffusion_engine", __path__=[])
             self._module("backend.memory_management", free_memory=lambda nbytes, device: None)
+
+    def _a1111_autocast(self):
+        return _manual_cast() if self.manual_cast else torch.autocast("cpu", dtype=torch.bfloat16)
 
     def install(self) -> Host:
         for name in MODULES:
@@ -732,7 +739,7 @@ class Host:
 
 
 @contextlib.contextmanager
-def _a1111_autocast():
+def _manual_cast():
     """A1111's ``devices.autocast()`` on a GPU without autocast support: ``manual_cast`` patches forwards."""
     patched = (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Embedding)
 
