@@ -69,7 +69,7 @@ def test_disabled_is_bit_identical_to_the_host(flavour, tmp_path, monkeypatch):
 
 def test_enabled_conds_come_from_the_engine(stand):
     p, _ = stand.txt2img(**GEN)
-    call = [c for c in stand.engine.calls if not c.is_negative][0]
+    call = next(c for c in stand.engine.calls if not c.is_negative)
     assert call.texts == [GEN["prompt"]]  # emphasis and BREAK reach us untouched
     assert (call.width, call.height) == (832, 1216)
     c = first_cond(p.sampled[0])
@@ -132,8 +132,8 @@ def test_hires_uses_hires_prompt_and_size(stand):
     sizes = {(tuple(c.texts), c.width, c.height) for c in stand.engine.calls if not c.is_negative}
     assert (("a cat",), 832, 1216) in sizes
     assert (("a cat, detailed",), 1248, 1824) in sizes
-    hr = first_cond(p.sampled[0]._replace() if False else p.sampled[0], 0)  # first pass
-    assert hr["vector"].shape == (2816,)
+    first = first_cond(p.sampled[0])
+    assert first["vector"][1280] == 1216 and first["vector"][1280 + 256] == 832
     hr_c = p.sampled[0].hr_c.batch[0][0].schedules[0].cond
     assert hr_c["vector"][1280] == 1824 and hr_c["vector"][1280 + 256] == 1248  # E(h), E(w) of the stand-in
 
