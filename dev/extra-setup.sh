@@ -16,7 +16,7 @@ fi
 
 COMMON=(torch==2.13.0 safetensors sentencepiece gguf psutil pytest pytest-timeout hypothesis playwright httpx)
 GRADIO3=(gradio==3.41.2 gradio_client==0.5.0 fastapi==0.94.0 "pydantic<2" "huggingface_hub<0.26" numpy==1.26.4
-         tokenizers==0.13.3 "starlette<0.27")
+         tokenizers==0.13.3 "starlette<0.27" httpx==0.24.1)
 GRADIO4=(gradio==4.40.0 "pydantic>=2,<3" "huggingface_hub>=0.34,<1" "numpy<2" tokenizers diffusers==0.37.1)
 
 make_env() {  # dir packages...

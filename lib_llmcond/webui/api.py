@@ -21,7 +21,7 @@ def make_router(get_engine: Callable[[], Any], get_settings: Callable[[], Settin
     from typing import Literal
 
     from fastapi import APIRouter, Depends, HTTPException, Request
-    from pydantic import BaseModel, Field
+    from pydantic import BaseModel, Field, StrictBool, StrictStr
 
     async def limit_body(request: Request) -> None:
         size = request.headers.get("content-length")
@@ -32,15 +32,15 @@ def make_router(get_engine: Callable[[], Any], get_settings: Callable[[], Settin
             raise HTTPException(status_code=413, detail=f"request body larger than {MAX_BODY} bytes")
 
     class CountRequest(BaseModel):
-        text: str = Field(..., max_length=MAX_TEXT)
-        llm: str = Field(..., min_length=1, max_length=A.MAX_NAME)
+        text: StrictStr = Field(..., max_length=MAX_TEXT)
+        llm: StrictStr = Field(..., min_length=1, max_length=A.MAX_NAME)
         emphasis: Literal[A.EMPHASIS_CHOICES] = A.EMPHASIS_FOLLOW  # type: ignore[valid-type]
         break_mode: Literal[A.BREAK_CHOICES] = "paragraphs"  # type: ignore[valid-type]
-        chunk: bool = False
-        system_prompt: str = Field(A.DEFAULT_PRESET, max_length=A.MAX_NAME)
+        chunk: StrictBool = False
+        system_prompt: StrictStr = Field(A.DEFAULT_PRESET, max_length=A.MAX_NAME)
 
     class TemplateRequest(BaseModel):
-        name: str = Field(..., min_length=1, max_length=A.MAX_NAME)
+        name: StrictStr = Field(..., min_length=1, max_length=A.MAX_NAME)
 
     router = APIRouter(prefix=PREFIX, tags=["llmcond"])
 
