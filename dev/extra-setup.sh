@@ -8,16 +8,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-if [ ! -x /usr/bin/chromium ]; then
+APT=(chromium fonts-dejavu-core fonts-noto-color-emoji)
+missing=()
+for pkg in "${APT[@]}"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 COMMON=(torch==2.13.0 safetensors sentencepiece gguf psutil pytest pytest-timeout hypothesis playwright httpx)
 GRADIO3=(gradio==3.41.2 gradio_client==0.5.0 fastapi==0.94.0 "pydantic<2" "huggingface_hub<0.26" numpy==1.26.4
          tokenizers==0.13.3 "starlette<0.27" httpx==0.24.1)
-GRADIO4=(gradio==4.40.0 "pydantic>=2,<3" "huggingface_hub>=0.34,<1" "numpy<2" tokenizers diffusers==0.37.1)
+GRADIO4=(gradio==4.40.0 fastapi==0.112.2 httpx==0.27.2 "pydantic>=2,<3" "huggingface_hub>=0.34,<1" "numpy<2" tokenizers diffusers==0.37.1)
 
 make_env() {  # dir packages...
   local dir=$1; shift

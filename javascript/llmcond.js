@@ -47,7 +47,9 @@
     }
 
     function show(tab, html, cls) {
-        const el = q("#" + tab + "_llmcond_counter");
+        // gradio 3 gives an HTML component's elem_id to its wrapper and to its content: write into the innermost
+        const all = root().querySelectorAll("#" + tab + "_llmcond_counter");
+        const el = all.length ? all[all.length - 1] : null;
         if (!el) return;
         el.innerHTML = "<span class='llmcond-counter " + cls + "'>" + html + "</span>";
     }

@@ -50,6 +50,17 @@ def _input_accordion(label: str, elem_id: str) -> tuple[Any, Any]:
     return acc, None
 
 
+def _tool_button(symbol: str, elem_id: str) -> Any:
+    """The hosts' small square ``ToolButton``, or a small gradio button outside a host."""
+    import gradio as gr
+
+    try:
+        from modules.ui_components import ToolButton
+    except ImportError:
+        return gr.Button(symbol, elem_id=elem_id, size="sm", scale=0, min_width=48)
+    return ToolButton(symbol, elem_id=elem_id)
+
+
 def _first(values: Sequence[str]) -> str | None:
     return values[0] if values else None
 
@@ -69,13 +80,13 @@ def build(tab: str, choices: Choices) -> list[Any]:
             adapter = gr.Dropdown(
                 adapters, value=_first(adapters), label="Adapter", elem_id=f"{eid}_adapter", interactive=True
             )
-            refresh = gr.Button(REFRESH_SYMBOL, elem_id=f"{eid}_refresh", elem_classes=["tool"])
+            refresh = _tool_button(REFRESH_SYMBOL, f"{eid}_refresh")
         info = gr.HTML(_info_html(choices, _first(llms), _first(adapters)), elem_id=f"{eid}_info")
         gr.HTML("", elem_id=f"{eid}_counter")  # filled by javascript/llmcond.js
         with gr.Row():
             temps = choices.templates()
             template = gr.Dropdown(temps, value=_first(temps), label="Template", elem_id=f"{eid}_template")
-            insert = gr.Button("Insert template", elem_id=f"{eid}_insert")
+            insert = gr.Button("Insert template", elem_id=f"{eid}_insert", size="sm", scale=0, min_width=160)
         with gr.Row():
             emphasis = gr.Dropdown(
                 list(A.EMPHASIS_CHOICES), value=A.EMPHASIS_FOLLOW, label="Emphasis", elem_id=f"{eid}_emphasis"
