@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from lib_llmcond.errors import LlmcondError
-from lib_llmcond.webui import hosts
+from lib_llmcond.webui import hosts, prefetch
 from lib_llmcond.webui.precision import free_host_vram, outside_host_autocast
 from lib_llmcond.webui.state import RequestState
 
@@ -63,6 +63,12 @@ def _encode(batch: Any, state: RequestState, *, engine: Any, model: Any, host: s
     if _wants_cuda(state.opts):
         free_host_vram(host, _bytes_on_disk(state.opts.llm) + _bytes_on_disk(state.opts.adapter), target)
     reports: list[Any] = []
+    extra = prefetch.take() if negative else []
+    more = (
+        {"prefetch": [t for t in extra if t not in batch]}
+        if extra and prefetch.accepts_prefetch(engine)
+        else {}
+    )
     with outside_host_autocast():
         cond = engine.get_conditioning(
             list(batch),
@@ -73,6 +79,7 @@ def _encode(batch: Any, state: RequestState, *, engine: Any, model: Any, host: s
             crop_left=left,
             is_negative=negative,
             reports=reports,
+            **more,
         )
     if not negative:
         state.log.add_reports(reports)

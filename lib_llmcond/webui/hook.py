@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from lib_llmcond.webui import hosts, state
+from lib_llmcond.webui import hosts, prefetch, state
 from lib_llmcond.webui.conds import encode_batch
 
 MARK = "__llmcond_wrapped__"
@@ -87,12 +87,21 @@ def install_cache_key_hook(processing_cls: type) -> bool:
         state.activate(current)
         if current is None:
             return key
+        if args:
+            prefetch.remember(prefetch.plan(self, *args[:2], *_hires_args(args, kwargs)))
         return (*key, current.signature) if isinstance(key, tuple) else (key, current.signature)
 
     setattr(cached_params, MARK, True)
     setattr(cached_params, ORIGINAL, original)
     processing_cls.cached_params = cached_params
     return True
+
+
+def _hires_args(args: tuple, kwargs: dict) -> tuple:
+    # cached_params(required_prompts, steps, extra_network_data, hires_steps=None, use_old_scheduling=False)
+    hires = args[3] if len(args) > 3 else kwargs.get("hires_steps")
+    old = args[4] if len(args) > 4 else kwargs.get("use_old_scheduling", False)
+    return hires, bool(old)
 
 
 def remove_cache_key_hook(processing_cls: type) -> bool:

@@ -59,6 +59,7 @@ class Call:
     is_negative: bool
     autocast: bool
     thread: str
+    prefetch: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class FakeEngine:
                     is_negative,
                     _autocast_on(),
                     threading.current_thread().name,
+                    tuple(prefetch),
                 )
             )
         crossattn, pooled = zip(*(llm_cond(t, opts) for t in texts))

@@ -224,6 +224,30 @@ def test_interrupt_stops_between_batches_and_next_generation_works(stand):
     )
 
 
+@pytest.mark.parametrize("hires", [False, True])
+def test_cond_and_uncond_are_encoded_in_one_batch(stand, hires):
+    prompts = ["a [cat:dog:5] AND a hat :0.7", "a bird"]
+    stand.txt2img(
+        prompt=prompts,
+        negative_prompt=["bad", "worse"],
+        batch_size=2,
+        steps=10,
+        enable_hr=hires,
+        hr_prompt="sharp photo",
+        hr_negative_prompt="blurry",
+    )
+    calls = stand.engine.calls
+    negatives = [i for i, c in enumerate(calls) if c.is_negative]
+    assert len(negatives) == (3 if hires else 2)  # one negative call per unique negative prompt
+    firsts = [negatives[0]] + ([negatives[2]] if hires else [])  # the first negative call of each pass
+    want = [["a cat", "a dog", " a hat", "a bird"], ["sharp photo"]]
+    for first, expected in zip(firsts, want):
+        assert list(calls[first].prefetch) == expected
+        later = [t for c in calls[first:] if not c.is_negative for t in c.texts]
+        assert set(expected) <= set(later)  # exactly what the positive call then asks for
+    assert not any(calls[i].prefetch for i in negatives if i not in firsts)  # taken once
+
+
 # -- the cache key ----------------------------------------------------------------------------------------------
 def test_cache_invalidates_when_an_option_changes(stand):
     stand.txt2img(prompt="a cat")
