@@ -92,15 +92,9 @@ class Runtime:
             adapter_path = resolve_model(adapter, s.adapter_folders, "adapter")
         except LlmcondError as e:
             return str(e)
-        try:
-            from lib_llmcond.models import describe_pair
-        except ImportError:
-            return f"LLM: {llm_path.name}; adapter: {adapter_path.name}"
-        try:
-            ok, text = describe_pair(llm_path, adapter_path)
-        except LlmcondError as e:
-            return str(e)
-        return ("OK: " if ok else "Does not fit: ") + text
+        from lib_llmcond.webui.info import describe
+
+        return describe(llm_path, adapter_path)
 
 
 runtime = Runtime()
