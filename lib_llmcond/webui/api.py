@@ -17,7 +17,11 @@ MAX_TEXT = 100_000  # characters of a prompt to count
 MAX_BODY = 1 << 20  # bytes of a request body
 
 
-def make_router(get_engine: Callable[[], Any], get_settings: Callable[[], Settings]) -> Any:
+def make_router(
+    get_engine: Callable[[], Any],
+    get_settings: Callable[[], Settings],
+    get_host_opts: Callable[[], Any] = lambda: None,
+) -> Any:
     from typing import Literal
 
     from fastapi import APIRouter, Depends, HTTPException, Request
@@ -73,7 +77,7 @@ def make_router(get_engine: Callable[[], Any], get_settings: Callable[[], Settin
             opts = options_class()(
                 llm=str(llm),
                 adapter="",
-                emphasis=effective_emphasis(req.emphasis, None),
+                emphasis=effective_emphasis(req.emphasis, get_host_opts()),
                 break_mode=req.break_mode,
                 system_prompt=presets[req.system_prompt],
                 chunk=req.chunk,
@@ -106,8 +110,13 @@ def make_router(get_engine: Callable[[], Any], get_settings: Callable[[], Settin
     return router
 
 
-def mount(app: Any, get_engine: Callable[[], Any], get_settings: Callable[[], Settings]) -> None:
+def mount(
+    app: Any,
+    get_engine: Callable[[], Any],
+    get_settings: Callable[[], Settings],
+    get_host_opts: Callable[[], Any] = lambda: None,
+) -> None:
     """Add the routes to the host's FastAPI app once (``on_app_started``)."""
     if any(getattr(r, "path", "").startswith(PREFIX) for r in getattr(app, "routes", [])):
         return
-    app.include_router(make_router(get_engine, get_settings))
+    app.include_router(make_router(get_engine, get_settings, get_host_opts))

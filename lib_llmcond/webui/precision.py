@@ -39,7 +39,7 @@ def outside_host_autocast() -> Iterator[None]:
             cls.forward = original
     try:
         with contextlib.ExitStack() as stack:
-            for device_type in ("cuda", "cpu"):
+            for device_type in ("cuda", "cpu") if torch.cuda.is_available() else ("cpu",):
                 with contextlib.suppress(RuntimeError, TypeError):
                     stack.enter_context(torch.autocast(device_type, enabled=False))
             yield

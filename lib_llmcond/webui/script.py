@@ -105,7 +105,9 @@ def register_callbacks(script_callbacks: Any) -> None:
     runtime.install()
     script_callbacks.on_model_loaded(runtime.install_model_hook)
     script_callbacks.on_script_unloaded(runtime.uninstall)
-    script_callbacks.on_app_started(lambda _demo, app: api.mount(app, runtime.engine, runtime.settings))
+    script_callbacks.on_app_started(
+        lambda _demo, app: api.mount(app, runtime.engine, runtime.settings, runtime.host_opts)
+    )
 
     def on_ui_settings() -> None:
         settings.register(hosts.host_module("modules.shared"))
@@ -123,6 +125,7 @@ def build_ui(script: Any, is_img2img: bool) -> list[Any]:
 
 
 def process(p: Any, *values: Any) -> None:
+    state.activate(None)  # a new request: nothing of an earlier (perhaps failed) one stays active
     try:
         args = A.parse(list(values))
     except A.ScriptArgsError as e:

@@ -72,3 +72,15 @@ def test_templates_route(client):
     assert client.get("/llmcond/v1/templates").status_code == 200
     assert client.post("/llmcond/v1/template", json={"name": "no-such-template"}).status_code == 404
     assert client.post("/llmcond/v1/template", json={"name": ""}).status_code == 422
+
+
+def test_routes_come_with_the_script_on_app_started(a1111):
+    app = fastapi.FastAPI()
+    for fn in a1111.host.callbacks.app_started:
+        fn(None, app)
+    c = TestClient(app)
+    names = [m["name"] for m in c.get("/llmcond/v1/models").json()["llms"]]
+    assert names == ["tiny-gemma", "tiny-q4.gguf"]
+    a1111.host.shared.opts.emphasis = "None"
+    r = c.post("/llmcond/v1/count", json={"text": "a (b) c", "llm": "tiny-gemma"})
+    assert r.status_code == 200 and a1111.engine.calls == []  # counting never runs the LLM
