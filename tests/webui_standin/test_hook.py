@@ -408,3 +408,29 @@ def test_concurrent_requests_get_their_own_conds(stand):
         mine = [c.opts for c in stand.engine.calls if c.texts == [prompt]]
         assert len({o.llm for o in mine}) == 1 and mine[0].llm.endswith(llm) and mine[0].emphasis == emphasis
         assert torch.equal(cond, fakes.llm_cond(prompt, mine[0])[0])
+
+
+def test_host_vram_is_freed_through_the_host_api(stand):
+    from lib_llmcond.webui import precision
+
+    freed = []
+    if stand.host.flavour == "forge2":
+        stand.host.modules["backend.memory_management"].free_memory = lambda n, d: freed.append((n, d.type))
+    stand.host.devices.torch_gc = lambda: freed.append("gc")
+    precision.free_host_vram(stand.host.flavour, 1234, torch.device("cuda"))
+    want = [(1234, "cuda"), "gc"] if stand.host.flavour == "forge2" else ["gc"]
+    assert freed == want
+    freed.clear()
+    precision.free_host_vram(stand.host.flavour, 1234, torch.device("cpu"))
+    assert freed == []
+
+
+@pytest.mark.cuda
+def test_cuda_autocast_is_off_and_conds_land_on_the_model_device(a1111):
+    a1111.host.manual_cast = False
+    a1111.host.devices.autocast = lambda: torch.autocast("cuda", dtype=torch.float16)
+    a1111.model.to("cuda")
+    p, _ = a1111.txt2img(prompt="a cat")
+    cond = first_cond(p.sampled[0])
+    assert cond["crossattn"].device.type == "cuda" and cond["crossattn"].dtype == torch.float32
+    assert not any(c.autocast for c in a1111.engine.calls)
