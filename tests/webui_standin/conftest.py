@@ -57,12 +57,13 @@ class Stand:
 
 
 def _stand(flavour: str, tmp_path: Path, monkeypatch, kind: str = "sdxl") -> Stand:
-    from lib_llmcond.webui import request, script, state
+    from lib_llmcond.webui import hosts, request, script, state
 
     host = Host(flavour, str(make_models(tmp_path / "models"))).install()
     monkeypatch.setattr(request, "options_class", fakes.options_class)
     engine = fakes.FakeEngine()
-    script.runtime.host = flavour if flavour == "forge2" else "a1111"
+    script.runtime.host = hosts.detect_host()
+    assert script.runtime.host == flavour
     script.runtime.set_engine(engine)
     module = load_script_module()
     model = host.load_model(kind)
