@@ -11,6 +11,9 @@ import torch
 HOSTS = ("forge2", "forge1", "a1111")
 SDXL_BASE, SDXL_REFINER, OTHER = "sdxl", "sdxl_refiner", "other"
 _REFINER_CLASS_HINT = "Refiner"
+# Model classes that are SDXL base models on some host even without the ``is_sdxl`` flag:
+# reForge dev's ldm_patched ``model_base.SDXL`` and Forge2's ``StableDiffusionXL``.
+SDXL_BASE_CLASSES = ("SDXL", "StableDiffusionXL")
 
 
 def _has_module(name: str) -> bool:
@@ -53,7 +56,7 @@ def model_kind(model: Any) -> str:
         return SDXL_REFINER
     if "aesthetic_score" in _embedder_keys(model):
         return SDXL_REFINER
-    if getattr(model, "is_sdxl", False):
+    if getattr(model, "is_sdxl", False) or type(model).__name__ in SDXL_BASE_CLASSES:
         return SDXL_BASE
     return OTHER
 

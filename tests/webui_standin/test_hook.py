@@ -434,3 +434,21 @@ def test_cuda_autocast_is_off_and_conds_land_on_the_model_device(a1111):
     cond = first_cond(p.sampled[0])
     assert cond["crossattn"].device.type == "cuda" and cond["crossattn"].dtype == torch.float32
     assert not any(c.autocast for c in a1111.engine.calls)
+
+
+@pytest.mark.parametrize(
+    ("cls", "attrs", "kind"),
+    [
+        ("DiffusionEngine", {"is_sdxl": True}, "sdxl"),
+        ("StableDiffusionXL", {}, "sdxl"),  # Forge2
+        ("SDXL", {}, "sdxl"),  # reForge dev (ldm_patched model_base)
+        ("SDXLRefiner", {"is_sdxl": True}, "sdxl_refiner"),
+        ("StableDiffusionXLRefiner", {"is_sdxl": True}, "sdxl_refiner"),
+        ("LatentDiffusion", {"is_sdxl": False}, "other"),
+        ("BaseModel", {}, "other"),
+    ],
+)
+def test_model_kind_table(cls, attrs, kind):
+    from lib_llmcond.webui.hosts import model_kind
+
+    assert model_kind(type(cls, (), attrs)()) == kind
