@@ -18,7 +18,7 @@ from lib_llmcond.text.paths import PromptTokens
 EMPHASIS_MODES = ("None", "Ignore", "Original", "No norm")
 SYNTAXES = ("full", "weights_only")
 BREAK_MODES = ("paragraphs", "blocks")
-MAPPINGS = ("attention", "attention_rollout")
+MAPPINGS = ("attention", "argmax")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,23 @@ class EncodedText:
     crossattn: torch.Tensor  # [T, 2048] fp32, T = 308 * units
     pooled: torch.Tensor  # [1280] fp32
     report: PromptReport
+
+
+GPU_BUCKETS = (64, 128, 256, 512)
+
+
+def plan_batches(lengths: list[int], device: torch.device) -> list[tuple[list[int], int | None]]:
+    """Which rows run together and the length they are padded to.
+
+    CPU: one row at a time. The CPU is compute-bound, so a batch saves nothing there while padding costs
+    compute, and a row's result is then bit-identical to encoding it alone. CUDA: all rows in one batch padded
+    to a bucket length, so shapes repeat and the launch overhead is paid once.
+    """
+    if device.type == "cuda":
+        longest = max(lengths)
+        bucket = next((b for b in GPU_BUCKETS if b >= longest), -(-longest // 512) * 512)
+        return [(list(range(len(lengths))), bucket)]
+    return [([i], None) for i in range(len(lengths))]
 
 
 @dataclass
@@ -126,16 +143,22 @@ class Pipeline:
         return count
 
     # -- units -> adapter outputs --------------------------------------------------------------------
-    def _run(self, units: list[_Unit], opts: TextOptions) -> tuple[list[PromptTokens], AdapterOutput]:
+    def _run(self, units: list[_Unit], opts: TextOptions) -> tuple[list[PromptTokens], list[AdapterOutput]]:
+        """Every unit through the LLM and the adapter; one :class:`AdapterOutput` (batch of 1) per unit."""
         path, tok = self.text_path(opts), self.llm.tokenizer
         rows = [path.tokenize(u.text, tok) for u in units]
-        batch = path.batch(rows, tok)
-        hidden = self.llm.hidden_states(batch)
-        inputs, mask = self._adapter_inputs(hidden, batch)
         want_attention = opts.emphasis in ("Original", "No norm") and any(u.spans for u in units)
-        with torch.inference_mode():
-            out = self.adapter(inputs, mask, return_attention=want_attention)
-        return rows, out
+        outs: list[AdapterOutput | None] = [None] * len(rows)
+        for members, pad_to in plan_batches([len(r.ids) for r in rows], self.llm.device):
+            batch = path.batch([rows[i] for i in members], tok, pad_to=pad_to)
+            hidden = self.llm.hidden_states(batch)
+            inputs, mask = self._adapter_inputs(hidden, batch)
+            with torch.inference_mode():
+                out = self.adapter(inputs, mask, return_attention=want_attention)
+            for k, i in enumerate(members):
+                attention = None if out.attention is None else out.attention[k : k + 1]
+                outs[i] = AdapterOutput(out.crossattn[k : k + 1], out.pooled[k : k + 1], attention)
+        return rows, outs  # type: ignore[return-value]
 
     def _adapter_inputs(self, hidden: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row slices of the LLM output, cut to the adapter's budget and right-padded, with their mask."""
@@ -159,15 +182,15 @@ class Pipeline:
         return next(self.adapter.parameters()).device
 
     # -- emphasis and reports -------------------------------------------------------------------------
-    def _emphasised(self, i: int, unit: _Unit, row: PromptTokens, out: AdapterOutput, opts) -> torch.Tensor:
-        crossattn = out.crossattn[i]
+    def _emphasised(self, unit: _Unit, row: PromptTokens, out: AdapterOutput, opts) -> torch.Tensor:
+        crossattn = out.crossattn[0]
         if out.attention is None or not unit.spans:
             return crossattn
         from lib_llmcond.prompt.weights import apply_emphasis, output_multipliers, token_weights
 
         offsets = self.text_path(opts).adapter_offsets(row, self.llm.tokenizer)[: self.budget]
         w = torch.tensor(token_weights(offsets, unit.spans), dtype=torch.float32, device=crossattn.device)
-        attn = out.attention[i : i + 1, :, : w.shape[0]]
+        attn = out.attention[:, :, : w.shape[0]]
         mult = output_multipliers(attn, w[None], mode=opts.mapping)
         return apply_emphasis(crossattn[None], mult, opts.emphasis)[0]
 
@@ -189,15 +212,15 @@ class Pipeline:
     def encode(self, texts: list[str], opts: TextOptions) -> list[EncodedText]:
         """Encode ``texts`` as one batch; returns one :class:`EncodedText` per text, in order."""
         units = [u for i, t in enumerate(texts) for u in self._units(i, t, opts)]
-        rows, out = self._run(units, opts)
+        rows, outs = self._run(units, opts)
         results = []
         for index in range(len(texts)):
             mine = [k for k, u in enumerate(units) if u.owner == index]
-            blocks = [self._emphasised(k, units[k], rows[k], out, opts) for k in mine]
+            blocks = [self._emphasised(units[k], rows[k], outs[k], opts) for k in mine]
             results.append(
                 EncodedText(
                     crossattn=torch.cat(blocks, dim=0).float().cpu(),
-                    pooled=out.pooled[mine[0]].float().cpu(),
+                    pooled=outs[mine[0]].pooled[0].float().cpu(),
                     report=self._report([units[k] for k in mine], [rows[k] for k in mine], opts),
                 )
             )
