@@ -172,3 +172,10 @@ def identity(path: str | Path) -> Identity:
     with _identity_lock:
         _identity_cache[key] = ident
     return ident
+
+
+def describe_pair(llm_path: str | Path, adapter_path: str | Path) -> tuple[bool, str]:
+    """(fits, one line for the UI): see :func:`lib_llmcond.info.describe_pair`."""
+    from lib_llmcond.info import describe_pair as describe
+
+    return describe(llm_path, adapter_path)

@@ -115,3 +115,20 @@ def reference_gemma(llm_dir, adapter_file, prompt: str, skip: int = 27, dtype=to
 
 def words(text: str) -> list[str]:
     return re.findall(r"\w+", text)
+
+
+@torch.no_grad()
+def reference_t5gemma(llm_dir, adapter_file, prompt: str, dtype=torch.float32, max_length: int = 512):
+    """The reference's T5Gemma path: tokenizer(prompt + "<eos>", padding to 512, truncation), encoder, mask."""
+    from transformers import GemmaTokenizer, T5GemmaEncoderModel
+
+    tok = GemmaTokenizer(vocab_file=str(llm_dir / "tokenizer.model"), add_bos_token=True, padding_side="left")
+    inputs = tok(
+        prompt + "<eos>", return_tensors="pt", padding="max_length", max_length=max_length, truncation=True
+    )
+    model = T5GemmaEncoderModel.from_pretrained(
+        llm_dir, is_encoder_decoder=False, dtype=dtype, attn_implementation="eager"
+    ).eval()
+    hidden = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask).last_hidden_state.float()
+    adapter = RefAdapter(load_file(str(adapter_file)))
+    return adapter(hidden, inputs.attention_mask), inputs

@@ -12,11 +12,23 @@ pytestmark = pytest.mark.oracle
 def _reference(family: str, directory, dtype):
     import transformers
 
-    cls = {"gemma3": transformers.Gemma3ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM}[family]
-    return cls.from_pretrained(directory, dtype=dtype, attn_implementation="eager").eval()
+    if family == "t5gemma":  # the reference loads the encoder alone from the full seq2seq checkpoint
+        cls, extra = transformers.T5GemmaEncoderModel, {"is_encoder_decoder": False}
+    else:
+        cls, extra = (
+            {"gemma3": transformers.Gemma3ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM}[family],
+            {},
+        )
+    return cls.from_pretrained(directory, dtype=dtype, attn_implementation="eager", **extra).eval()
 
 
-@pytest.fixture(scope="module", params=["gemma3", "qwen3"])
+def _hidden(family: str, model, ids, mask):
+    if family == "t5gemma":
+        return model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return model(ids, output_hidden_states=True).hidden_states[-1]
+
+
+@pytest.fixture(scope="module", params=["gemma3", "qwen3", "t5gemma"])
 def family_dir(request, tmp_path_factory):
     return request.param, write_tiny_llm(tmp_path_factory.mktemp(request.param), request.param, seed=3)
 
@@ -26,10 +38,13 @@ def test_fp32_matches_transformers(family_dir, length):
     family, directory = family_dir
     _, ours = load_transformer(directory, dtype=torch.float32)
     ref = _reference(family, directory, torch.float32)
-    ids = torch.randint(0, 512, (2, length), generator=torch.Generator().manual_seed(length))
+    ids = torch.randint(3, 512, (2, length), generator=torch.Generator().manual_seed(length))
+    mask = torch.ones_like(ids)
+    if family == "t5gemma":  # left padding with a mask, as the reference's tokenizer pads
+        ids[1, : length // 3], mask[1, : length // 3] = 0, 0
     with torch.no_grad():
-        expected = ref(ids, output_hidden_states=True).hidden_states[-1]
-        got = ours(ids, torch.ones_like(ids))
+        expected = _hidden(family, ref, ids, mask)
+        got = ours(ids, mask)
     assert (expected - got).abs().max().item() <= 1e-5
 
 
@@ -39,7 +54,7 @@ def test_bf16_close_to_transformers(family_dir):
     ref = _reference(family, directory, torch.bfloat16)
     ids = torch.randint(0, 512, (1, 19), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        expected = ref(ids, output_hidden_states=True).hidden_states[-1].float()
+        expected = _hidden(family, ref, ids, torch.ones_like(ids)).float()
         got = ours(ids, torch.ones_like(ids)).float()
     cos = torch.nn.functional.cosine_similarity(expected, got, dim=-1)
     assert cos.min().item() > 0.999

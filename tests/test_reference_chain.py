@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from ref_oracle import reference_gemma
+from ref_oracle import reference_gemma, reference_t5gemma
 from safetensors.torch import load_file
 
 from lib_llmcond.cli import main
@@ -50,3 +50,56 @@ def test_batch_of_prompts_equals_each_alone(demo):
         alone = Engine().get_conditioning([prompt], opts, width=1024, height=1024)
         assert (together["crossattn"][i] - alone["crossattn"][0]).abs().max().item() <= 1e-4
         assert (together["vector"][i] - alone["vector"][0]).abs().max().item() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def t5_demo(tmp_path_factory):
+    from lib_llmcond.tiny import build_tiny_adapter
+    from lib_llmcond.tiny.llm import write_tiny_llm
+    from lib_llmcond.tiny.tokenizer import write_tiny_gemma_tokenizer
+
+    root = tmp_path_factory.mktemp("t5")
+    llm = root / "tiny-t5gemma"
+    write_tiny_gemma_tokenizer(llm)
+    write_tiny_llm(llm, "t5gemma", seed=4)
+    return llm, build_tiny_adapter(root / "adapter.safetensors", seed=2)
+
+
+@pytest.mark.parametrize("prompt", [PROMPTS[0], PROMPTS[2], "", "word " * 700])
+def test_t5gemma_chain_matches_reference(t5_demo, tmp_path, prompt):
+    from lib_llmcond.engine import EncodeOptions, Engine
+
+    llm, adapter = t5_demo
+    opts = EncodeOptions(
+        llm=str(llm), adapter=str(adapter), emphasis="None", llm_dtype="float32", device="cpu"
+    )
+    got = Engine().get_conditioning([prompt], opts, width=832, height=1216)
+    (crossattn, pooled), _ = reference_t5gemma(llm, adapter, prompt)
+    assert (got["crossattn"] - crossattn).abs().max().item() <= 1e-4
+    assert (got["vector"][:, :1280] - pooled).abs().max().item() <= 1e-4
+
+
+def test_t5gemma_text_path_tokens_padding_and_eos(t5_demo):
+    from transformers import GemmaTokenizer
+
+    from lib_llmcond.text.paths import T5GemmaPath
+    from lib_llmcond.text.tokenizer import load_tokenizer
+
+    llm, _ = t5_demo
+    ours = load_tokenizer(llm)
+    ref = GemmaTokenizer(vocab_file=str(llm / "tokenizer.model"), add_bos_token=True, padding_side="left")
+    path = T5GemmaPath()
+    for prompt in ["a cat", "word " * 700]:
+        batch = path.batch([path.tokenize(prompt, ours)], ours)
+        inputs = ref(
+            prompt + "<eos>", return_tensors="pt", padding="max_length", max_length=512, truncation=True
+        )
+        assert torch.equal(batch.input_ids, inputs.input_ids)
+        assert torch.equal(batch.attention_mask, inputs.attention_mask)
+        assert batch.adapter_mask and batch.adapter_slices == [slice(0, 512)]
+    short = path.batch([path.tokenize("a cat", ours)], ours)
+    assert (
+        short.input_ids[0, -1].item() == ours.eos_id and short.input_ids[0, 0].item() == ours.pad_id
+    )  # left pad
+    long = path.batch([path.tokenize("word " * 700, ours)], ours)
+    assert ours.eos_id not in long.input_ids[0].tolist()  # truncation drops the <eos>, as in the reference

@@ -60,6 +60,35 @@ TINY: dict[str, dict[str, Any]] = {
         "use_sliding_window": False,
         "tie_word_embeddings": True,
     },
+    "t5gemma": {
+        "model_type": "t5gemma",
+        "architectures": ["T5GemmaForConditionalGeneration"],
+        "is_encoder_decoder": True,
+        "tie_word_embeddings": True,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+        "encoder": {
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 16,
+            "rms_norm_eps": 1e-6,
+            "rope_theta": 10_000.0,
+            "sliding_window": 6,
+            "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+            "query_pre_attn_scalar": 16,
+            "attn_logit_softcapping": 50.0,
+            "final_logit_softcapping": 30.0,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "max_position_embeddings": 8192,
+            "pad_token_id": 0,
+            "eos_token_id": 1,
+            "bos_token_id": 2,
+        },
+    },
 }
 
 # Real shapes (reference.md §1) for benchmarks: same writers, random weights.
@@ -90,7 +119,7 @@ REAL_SHAPES: dict[str, dict[str, Any]] = {
     },
 }
 
-PREFIX = {"gemma3": "model.", "qwen3": "model."}
+PREFIX = {"gemma3": "model.", "qwen3": "model.", "t5gemma": "model.encoder."}
 
 
 def random_state(model: torch.nn.Module, seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -117,12 +146,21 @@ def write_tiny_llm(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     raw = {**(config or TINY[family]), "vocab_size": vocab_size, **overrides}
+    if family == "t5gemma":  # the encoder and decoder sections carry the vocabulary too
+        raw["encoder"] = {**raw["encoder"], "vocab_size": vocab_size}
+        raw["decoder"] = {**raw.get("decoder", raw["encoder"]), "vocab_size": vocab_size}
     raw["torch_dtype"] = str(dtype).removeprefix("torch.")
     cfg = config_from_hf(raw)
     with torch.device("meta"):
         model = TextTransformer(cfg)
     state = random_state(model, seed, dtype)
     prefix = PREFIX[family]
-    save_file({prefix + k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
+    tensors = {prefix + k: v.contiguous() for k, v in state.items()}
+    if (
+        family == "t5gemma"
+    ):  # a full seq2seq checkpoint: the decoder is stored too, and must be skipped on load
+        tensors["model.decoder.embed_tokens.weight"] = state["embed_tokens.weight"].clone()
+        tensors["model.decoder.norm.weight"] = state["norm.weight"].clone()
+    save_file(tensors, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps(raw, indent=2), encoding="utf-8")
     return directory
