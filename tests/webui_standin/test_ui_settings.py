@@ -57,7 +57,10 @@ def _adapter(path: Path, llm_dim: int) -> Path:
 def test_info_line_says_whether_the_pair_fits(tmp_path):
     llm = tmp_path / "gemma"
     llm.mkdir()
-    (llm / "config.json").write_text('{"hidden_size": 32}')
+    (llm / "config.json").write_text(
+        '{"model_type": "gemma3_text", "hidden_size": 32, "vocab_size": 8, '
+        '"intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 1}'
+    )
     good = _adapter(tmp_path / "good.safetensors", 32)
     bad = _adapter(tmp_path / "bad.safetensors", 48)
     assert info.describe(llm, good).startswith("OK:")
