@@ -135,7 +135,10 @@ class SPTokenizer(Tokenizer):
         super().__init__(special, controls)
 
     def _encode_plain(self, text: str) -> TokenizedText:
-        proto = self._sp.encode_as_proto(text)
+        try:
+            proto = self._sp.encode_as_proto(text)
+        except ImportError:  # sentencepiece's proto output needs protobuf; walk the pieces instead
+            return self._encode_by_pieces(text)
         byte_to_char = _byte_to_char(text)
         ids, offsets = [], []
         for piece in proto.pieces:
@@ -146,6 +149,25 @@ class SPTokenizer(Tokenizer):
                 end = start + 1  # a byte-fallback piece inside one multi-byte character
             offsets.append((start, max(end, start)))
         return TokenizedText(ids, _widen_byte_pieces(offsets))
+
+    def _encode_by_pieces(self, text: str) -> TokenizedText:
+        ids = list(self._sp.encode(text, out_type=int))
+        offsets: list[Span] = []
+        pos, pending = 0, b""
+        for i in ids:
+            piece = self._sp.id_to_piece(i)
+            if self._sp.is_byte(i):
+                pending += bytes([int(piece[3:-1], 16)])
+                char_len = _utf8_len(pending[0])
+                offsets.append((pos, pos + 1))
+                if len(pending) >= char_len:
+                    pos, pending = pos + 1, b""
+                continue
+            surface = piece.replace("\u2581", " ")
+            n = len(surface) if text.startswith(surface, pos) else max(1, len(surface))
+            offsets.append((pos, min(pos + n, len(text))))
+            pos += n
+        return TokenizedText(ids, offsets)
 
     def token_id(self, token: str) -> int | None:
         i = self._sp.piece_to_id(token)
@@ -169,6 +191,10 @@ def _byte_to_char(text: str) -> list[int]:
         table.extend([ci] * len(ch.encode("utf-8")))
     table.append(len(text))
     return table
+
+
+def _utf8_len(first: int) -> int:
+    return 1 if first < 0x80 else 2 if first < 0xE0 else 3 if first < 0xF0 else 4
 
 
 def _widen_byte_pieces(offsets: list[Span]) -> list[Span]:
