@@ -43,6 +43,7 @@ class EncodeOptions:
     llm_dtype: str = "auto"  # "auto" | "bfloat16" | "float32"
     memory: str = "offload"  # "keep" | "offload" | "unload"
     fixed_size: bool = False  # size conditioning fixed at 1024x1024
+    emphasis_mapping: str = "argmax"  # "argmax" | "attention" (README: Emphasis)
 
     def __post_init__(self) -> None:
         if self.llm_dtype not in ("auto", *DTYPES):
@@ -62,6 +63,7 @@ class EncodeOptions:
             break_mode=self.break_mode,
             system_prompt=self.system_prompt,
             chunk=self.chunk,
+            mapping=self.emphasis_mapping,
         )
 
 

@@ -30,7 +30,7 @@ class TextOptions:
     break_mode: str = "paragraphs"
     system_prompt: str | None = None
     chunk: bool = False
-    mapping: str = "attention"
+    mapping: str = "argmax"  # how input-token weights reach output tokens (README: Emphasis)
 
     def __post_init__(self) -> None:
         for value, allowed, label in (

@@ -129,3 +129,15 @@ def test_gpu_bucketing_plan_on_cpu_equals_unbucketed(engine, demo, monkeypatch):
     bucketed = Engine().get_conditioning(texts, o, width=1024, height=1024)
     assert torch.allclose(plain["crossattn"], bucketed["crossattn"], atol=1e-4)
     assert torch.allclose(plain["vector"], bucketed["vector"], atol=1e-4)
+
+
+def test_models_loaded_inside_inference_mode_work(demo):
+    """Forge runs conditioning under torch.inference_mode(): models may be loaded there (inference tensors)."""
+    with torch.inference_mode():
+        c = Engine().get_conditioning(["a fox"], opts(demo), width=1024, height=1024)
+    assert torch.isfinite(c["crossattn"]).all()
+    with torch.inference_mode():
+        e = Engine()
+        e.get_conditioning(["a fox"], opts(demo), width=1024, height=1024)
+    again = e.get_conditioning(["a red fox"], opts(demo), width=1024, height=1024)  # outside, same models
+    assert torch.isfinite(again["crossattn"]).all()

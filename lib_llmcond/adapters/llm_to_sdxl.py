@@ -244,7 +244,7 @@ class LLMToSDXLAdapter(Adapter):
         half of the gate's input, ``W_g[:, :D] q + b_g``. Cached until a parameter is replaced or changed."""
         attn, gate, d = self.compression_attention, self.compression_gate[0], self.config.dim
         params = (self.compression_queries, attn.in_proj_weight, attn.in_proj_bias, gate.weight, gate.bias)
-        key = tuple((p.data_ptr(), p._version, p.device) for p in params)
+        key = tuple((p.data_ptr(), _version(p), p.device) for p in params)
         if getattr(self, "_constants_key", None) != key:
             queries = self.compression_queries
             q = attn._split(F.linear(queries, attn.in_proj_weight[:d], attn.in_proj_bias[:d]))
@@ -252,6 +252,15 @@ class LLMToSDXLAdapter(Adapter):
             self._constants = (q, F.linear(queries, gate.weight[:, :d], gate.bias))
             self._constants_key = key
         return self._constants
+
+
+def _version(p: torch.Tensor) -> int:
+    """The in-place version counter; inference tensors (made under ``torch.inference_mode``, as Forge loads
+    models) have none, and cannot be changed in place either, so their address alone identifies them."""
+    try:
+        return p._version
+    except RuntimeError:
+        return -1
 
 
 def _block_forward(
