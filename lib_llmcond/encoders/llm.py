@@ -70,9 +70,7 @@ def load_llm(path: str | Path, *, dtype: torch.dtype, device: str | torch.device
     if dtype == torch.float16:
         raise ValueError("float16 is never used for these LLMs (Gemma overflows); use bfloat16 or float32")
     if is_gguf(path):
-        from lib_llmcond.encoders.gguf.loader import load_gguf_transformer
-        from lib_llmcond.text.gguf_tokenizer import load_gguf_tokenizer
-
+        load_gguf_transformer, load_gguf_tokenizer = _gguf_support(path)
         cfg, model = load_gguf_transformer(path, dtype=dtype, device=device)
         tokenizer = load_gguf_tokenizer(path)
     elif path.is_dir():
@@ -89,6 +87,19 @@ def load_llm(path: str | Path, *, dtype: torch.dtype, device: str | torch.device
     return LLM(path, cfg, model, tokenizer, dtype, device)
 
 
+def _gguf_support(path: Path):
+    try:
+        from lib_llmcond.encoders.gguf.loader import load_gguf_transformer
+        from lib_llmcond.text.gguf_tokenizer import load_gguf_tokenizer
+    except ImportError as e:
+        raise ModelFileError(
+            f"GGUF models cannot be read here ({e})",
+            path=path,
+            fix="install the 'gguf' package (the extension's install.py adds it) or use the HF model folder",
+        ) from e
+    return load_gguf_transformer, load_gguf_tokenizer
+
+
 @functools.lru_cache(maxsize=16)
 def _family_of_dir(path: Path) -> str:
     from lib_llmcond.encoders.weights import read_config
@@ -100,8 +111,8 @@ def load_llm_tokenizer(path: str | Path) -> tuple[Tokenizer, str]:
     """The tokenizer and family of an LLM without loading its weights (for token counting)."""
     path = Path(path)
     if is_gguf(path):
+        _, load_gguf_tokenizer = _gguf_support(path)
         from lib_llmcond.encoders.gguf.reader import gguf_family
-        from lib_llmcond.text.gguf_tokenizer import load_gguf_tokenizer
 
         return load_gguf_tokenizer(path), gguf_family(path)
     return load_tokenizer(path), _family_of_dir(path)
