@@ -74,10 +74,14 @@ def load_llm(path: str | Path, *, dtype: torch.dtype, device: str | torch.device
         cfg, model = load_gguf_transformer(path, dtype=dtype, device=device)
         tokenizer = load_gguf_tokenizer(path)
     elif path.is_dir():
+        from lib_llmcond.encoders.lora import find_lora, merge_lora
         from lib_llmcond.encoders.weights import load_transformer
 
         tokenizer = load_tokenizer(path)  # fail early, before reading gigabytes
         cfg, model = load_transformer(path, dtype=dtype, device=device)
+        lora = find_lora(path)
+        if lora is not None:
+            merge_lora(model, lora)
     else:
         raise ModelFileError(
             "not an LLM: expected an HF model folder or a .gguf file",
