@@ -161,20 +161,22 @@ class Pipeline:
         return rows, outs  # type: ignore[return-value]
 
     def _adapter_inputs(self, hidden: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row slices of the LLM output, cut to the adapter's budget and right-padded, with their mask."""
+        """Per-row slices of the LLM output placed as the adapter expects them (after any masked left padding),
+        cut to the adapter's budget and right-padded, with their mask."""
         budget, device = self.budget, self.adapter_device
-        parts, masks = [], []
-        for row, sl in enumerate(batch.adapter_slices):
-            h = hidden[row, sl][:budget]
-            m = batch.attention_mask[row, sl][:budget] if batch.adapter_mask else torch.ones(h.shape[0])
-            parts.append(h)
-            masks.append(m)
-        length = max(p.shape[0] for p in parts)
-        x = torch.zeros(len(parts), length, hidden.shape[-1], dtype=torch.float32, device=device)
-        mask = torch.zeros(len(parts), length, dtype=torch.float32, device=device)
-        for i, (p, m) in enumerate(zip(parts, masks)):
-            x[i, : p.shape[0]] = p.to(device=device, dtype=torch.float32)
-            mask[i, : m.shape[0]] = m.to(device=device, dtype=torch.float32)
+        pads = batch.adapter_left_pad or [0] * len(batch.adapter_slices)
+        lengths = [pad + (sl.stop - sl.start) for pad, sl in zip(pads, batch.adapter_slices)]
+        length = min(max(lengths), budget)
+        x = torch.zeros(len(lengths), length, hidden.shape[-1], dtype=torch.float32, device=device)
+        mask = torch.zeros(len(lengths), length, dtype=torch.float32, device=device)
+        for i, (pad, sl) in enumerate(zip(pads, batch.adapter_slices)):
+            h = hidden[i, sl][: max(0, budget - pad)]
+            x[i, pad : pad + h.shape[0]] = h.to(device=device, dtype=torch.float32)
+            if batch.adapter_mask:
+                m = batch.attention_mask[i, sl][: h.shape[0]]
+                mask[i, pad : pad + h.shape[0]] = m.to(device=device, dtype=torch.float32)
+            else:
+                mask[i, pad : pad + h.shape[0]] = 1.0
         return x, mask
 
     @property

@@ -94,12 +94,15 @@ def test_t5gemma_text_path_tokens_padding_and_eos(t5_demo):
         inputs = ref(
             prompt + "<eos>", return_tensors="pt", padding="max_length", max_length=512, truncation=True
         )
-        assert torch.equal(batch.input_ids, inputs.input_ids)
-        assert torch.equal(batch.attention_mask, inputs.attention_mask)
-        assert batch.adapter_mask and batch.adapter_slices == [slice(0, 512)]
+        k, pad = int(batch.attention_mask.sum()), batch.adapter_left_pad[0]
+        assert pad + k == 512 and batch.adapter_mask  # the reference's left-padded 512 layout
+        layout = torch.cat([torch.full((pad,), ours.pad_id), batch.input_ids[0, :k]])
+        assert torch.equal(layout, inputs.input_ids[0])
+        assert torch.equal(torch.cat([torch.zeros(pad), torch.ones(k)]).long(), inputs.attention_mask[0])
+        assert torch.equal(
+            batch.position_ids[0, :k], torch.arange(pad, 512)
+        )  # positions of the padded layout
     short = path.batch([path.tokenize("a cat", ours)], ours)
-    assert (
-        short.input_ids[0, -1].item() == ours.eos_id and short.input_ids[0, 0].item() == ours.pad_id
-    )  # left pad
+    assert short.input_ids[0, -1].item() == ours.eos_id and short.adapter_left_pad[0] > 0  # left padded
     long = path.batch([path.tokenize("word " * 700, ours)], ours)
     assert ours.eos_id not in long.input_ids[0].tolist()  # truncation drops the <eos>, as in the reference

@@ -43,6 +43,9 @@ class TokenBatch:
     rows: list[PromptTokens]
     adapter_slices: list[slice]
     adapter_mask: bool
+    adapter_left_pad: list[int] | None = (
+        None  # masked zero positions the adapter sees before each row's slice
+    )
 
 
 class TextPath(Protocol):
@@ -128,17 +131,26 @@ class T5GemmaPath:
         return PromptTokens(ids, offsets, 0, len(ids), n_prompt)  # truncated to 512 in batch()
 
     def batch(self, rows: list[PromptTokens], tokenizer: Tokenizer, pad_to: int | None = None) -> TokenBatch:
+        """The reference pads every prompt to 512 on the tokenizer's side and masks the padding. Masked
+        positions never reach a real token (bidirectional attention masks them as keys, and so does the
+        adapter), so only the real tokens are run, at the positions the padded layout gives them; the adapter
+        sees the same 512-long layout with masked zeros where the padding was."""
         n = len(rows)
-        ids = torch.full((n, self.length), tokenizer.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, self.length), dtype=torch.long)
-        for i, r in enumerate(rows):
-            k = min(len(r.ids), self.length)
-            cols = slice(self.length - k, self.length) if tokenizer.padding_side == "left" else slice(0, k)
-            ids[i, cols] = torch.tensor(r.ids[:k], dtype=torch.long)
-            mask[i, cols] = 1
-        positions = torch.arange(self.length).expand(n, self.length).clone()
-        slices = [slice(0, self.length)] * n
-        return TokenBatch(ids, mask, positions, rows, slices, adapter_mask=True)
+        kept = [min(len(r.ids), self.length) for r in rows]
+        longest = max(max(kept), pad_to or 0)
+        ids = torch.full((n, longest), tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, longest), dtype=torch.long)
+        positions = torch.zeros((n, longest), dtype=torch.long)
+        left = tokenizer.padding_side == "left"
+        pads = []
+        for i, (r, k) in enumerate(zip(rows, kept)):
+            ids[i, :k] = torch.tensor(r.ids[:k], dtype=torch.long)
+            mask[i, :k] = 1
+            start = self.length - k if left else 0
+            positions[i] = torch.arange(start, start + longest)
+            pads.append(start)
+        slices = [slice(0, k) for k in kept]
+        return TokenBatch(ids, mask, positions, rows, slices, adapter_mask=True, adapter_left_pad=pads)
 
     def adapter_offsets(self, row: PromptTokens, tokenizer: Tokenizer) -> list[Offset]:
         """Offsets of the 512 adapter inputs (padding included) in batch order."""
