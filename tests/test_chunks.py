@@ -49,6 +49,7 @@ def test_1500_tokens_give_3_pieces_cut_on_sentences():
     assert len(pieces) == 3
     for piece in pieces:
         assert words(piece.text) <= 512 and piece.text.endswith(".")
+        assert text[piece.start : piece.start + len(piece.text)] == piece.text
     assert _flat("".join(p.text for p in pieces)) == _flat(text)
 
 
@@ -130,7 +131,9 @@ def test_cut_report_mid_word_and_template_tokens():
     offsets = [None, (0, 1), (2, 6), (6, 11), (12, 15), None]  # "won" + "derful"
     info = cut_report(text, offsets, 3)
     assert info.word == "wonderful" and info.char_index == 6
-    assert cut_report(text, offsets, 5) is None  # only a template token after the cut
+    info = cut_report(text, offsets, 5)  # only a template token after the cut
+    assert info.word == "" and "template" in info.snippet and info.token_index == 5
+    assert cut_report(text, offsets, 6) is None
 
 
 def test_cut_report_non_ascii_with_byte_level_offsets():

@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib_llmcond.prompt.emphasis import PARAGRAPH, parse_prompt, parse_prompt_attention
+from lib_llmcond.prompt.emphasis import (
+    MIN_WEIGHT,
+    PARAGRAPH,
+    parse_prompt,
+    parse_prompt_attention,
+    parse_weights_only,
+)
 
 R, S = 1.1, 1 / 1.1
 
@@ -37,9 +43,13 @@ HOST_DOCTEST = [
 ]
 
 
+def _lists(pairs):
+    return [[t, w] for t, w in pairs]
+
+
 @pytest.mark.parametrize(("text", "expected"), HOST_DOCTEST)
 def test_host_doctest_exact(text, expected):
-    assert parse_prompt_attention(text) == expected  # exact floats, as the host prints them
+    assert parse_prompt_attention(text) == _lists(expected)  # exact floats, lists as the host returns
 
 
 def test_doctest_four_decimals_from_reference():
@@ -53,6 +63,9 @@ GRAMMAR = [
     ("((a:1.2))", [("a", 1.0 * 1.2 * R)]),
     ("a) b] c", [("a) b] c", 1.0)]),  # unmatched closers are text
     ("[a", [("a", S)]),  # unclosed openers run to the end
+    ("[unbalanced", [("unbalanced", 0.9090909090909091)]),
+    ("(a: 1.2)", [("a: 1.2", R)]),  # no spaces around a weight: the host reads ":" as text here
+    ("BREAKING break", [("BREAKING break", 1.0)]),
     ("(a [b", [("a ", R), ("b", 1.0 * R * S)]),  # unclosed: all round first, then square
     ("\\\\ \\)", [("\\ )", 1.0)]),
     ("a\\b", [("ab", 1.0)]),  # a lone backslash vanishes
@@ -78,7 +91,7 @@ GRAMMAR = [
 
 @pytest.mark.parametrize(("text", "expected"), GRAMMAR)
 def test_grammar_cases(text, expected):
-    assert parse_prompt_attention(text) == expected
+    assert parse_prompt_attention(text) == _lists(expected)
 
 
 def test_parse_prompt_clean_text_and_spans():
@@ -96,6 +109,7 @@ def test_parse_prompt_spans_of_doctest():
     assert p.text == "a house on a hill, sun, sky."
     got = [(p.text[s.start : s.end], s.weight) for s in p.spans]
     host = [(t, w) for t, w in parse_prompt_attention(p.source) if w != 1.0]
+    assert p.spans[0] == (2, 7, 1.5730000000000004)  # spans are tuples too
     assert got == host
 
 
@@ -125,9 +139,24 @@ def test_break_inside_brackets_still_breaks_and_empty_pieces_dropped():
     assert parse_prompt("").pieces[0].text == "" and parse_prompt("  BREAK ").text == ""
 
 
-def test_non_finite_weight_replaced_with_warning():
+def test_non_finite_and_non_positive_weights_replaced_with_warning():
     p = parse_prompt("(a:" + "9" * 400 + ")")
     assert p.spans == () and p.warnings
+    p = parse_prompt("(a:0) (b:-1) c")
+    assert [(p.text[s:e], w) for s, e, w in p.spans] == [("a", MIN_WEIGHT), ("b", MIN_WEIGHT)] and len(
+        p.warnings
+    ) == 2
+    assert parse_prompt_attention("(a:0) (b:-1)") == [["a", 0.0], [" ", 1.0], ["b", -1.0]]  # the host's
+
+
+def test_weights_only_pairs():
+    assert parse_weights_only("a (b:1.5) (c) BREAK d") == [
+        ["a ", 1.0],
+        ["b", 1.5],
+        [" (c)", 1.0],
+        ["BREAK", -1.0],
+        ["d", 1.0],
+    ]
 
 
 SPECIALS = st.sampled_from([*list("()[]\\:.,-+ 0123456789\n"), "BREAK", " BREAK ", ":1.2)", "é", "長"])
@@ -224,3 +253,17 @@ def test_words_and_weights_of_well_formed_prompts(nodes):
         pos = start + len(word)
         assert all(math.isclose(w, weight, rel_tol=1e-12) for w in weight_at[start:pos]), (word, weight)
     assert re.findall(r"[^\s,]+", p.text) == re.findall(r"[^\s,]+", " ".join(w for w, _ in words))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab (:)[]\\1.2 BREAK\n,#")) | st.characters(), max_size=80))
+@pytest.mark.parametrize("syntax", ["full", "weights_only"])
+def test_letters_kept_in_order_and_weights_positive(syntax, text):
+    parsed = parse_prompt(text, syntax=syntax)
+    for s, e, w in parsed.spans:
+        assert 0 <= s < e <= len(parsed.text) and w > 0
+
+    def letters(t: str) -> str:  # every letter, in order, BREAK keywords aside
+        return "".join(re.findall(r"[^\W\d_]", re.sub(r"\bBREAK\b", " ", t)))
+
+    assert letters(parsed.text) == letters(text)

@@ -12,10 +12,14 @@ from lib_llmcond.prompt.templates import (
     BUILTIN_DIR,
     DEFAULT_ENCODER_TEMPLATE,
     ENCODER_TEMPLATES,
+    SYSTEM_PRESETS,
+    TemplateError,
     get_encoder_template,
     get_template,
     insert_template,
     list_templates,
+    load_templates,
+    system_presets,
     system_prompt,
 )
 
@@ -31,15 +35,15 @@ def _rough_tokens(text: str) -> int:
 
 
 def test_shipped_templates_all_load():
-    catalog = list_templates()
-    assert catalog.errors == []
-    assert len(catalog.templates) >= 6
-    assert len(list(BUILTIN_DIR.glob("*.md"))) == len(catalog.templates)
-    for tpl in catalog.templates.values():
-        assert tpl.name and tpl.description and tpl.body
+    templates, errors = load_templates()
+    assert errors == []
+    assert len(templates) >= 6
+    assert len(list(BUILTIN_DIR.glob("*.md"))) == len(templates)
+    for tpl in templates:
+        assert tpl.name and tpl.description and tpl.text == tpl.body and tpl.text.startswith("## ")
 
 
-@pytest.mark.parametrize("name", list_templates().names())
+@pytest.mark.parametrize("name", [t.name for t in list_templates()])
 @pytest.mark.parametrize("syntax", ["full", "weights_only"])
 def test_each_template_renders_and_leaves_room(name, syntax):
     tpl = get_template(name)
@@ -80,23 +84,22 @@ def test_user_folder_overrides_adds_and_reports_broken_files(tmp_path):
     _write(tmp_path, "g_empty.md", "---\nname: Z\ndescription: z\n---\n\n")
     _write(tmp_path, "h_badline.md", "---\nname: W\njust words\n---\nbody\n")
     _write(tmp_path, "i_dup.md", "---\nname: Mine\ndescription: again\n---\nbody\n")
-    catalog = list_templates([tmp_path, tmp_path / "missing"])
-    messages = {err.path: str(err) for err in catalog.errors}
-    assert len(catalog.errors) == len(broken)
+    templates, errors = load_templates([tmp_path, tmp_path / "missing"])
+    by_name = {t.name: t for t in templates}
+    messages = {err.path: str(err) for err in errors}
+    assert len(errors) == len(broken) and all(isinstance(e, TemplateError) for e in errors)
     for file, fragment in broken.items():
         path = str(tmp_path / file)
         assert path in messages and fragment in messages[path], (file, messages.get(path))
         assert messages[path].startswith(path)
-    assert catalog.templates["Mine"].body == "## Character 1\nme"
-    assert (
-        catalog.templates["Style and medium"].body == "## Style\nink"
-    )  # the user's replaces the shipped one
-    assert len(catalog.templates) == len(list_templates().templates) + 1
+    assert by_name["Mine"].text == "## Character 1\nme"
+    assert by_name["Style and medium"].text == "## Style\nink"  # the user's replaces the shipped one
+    assert len(templates) == len(list_templates()) + 1
     assert get_template("Mine", [tmp_path]).description == "my own"
 
 
 def test_unknown_template_names_the_choices():
-    with pytest.raises(PromptError, match="Single character"):
+    with pytest.raises(PromptError, match="no template named 'nope'.*Single character"):
         get_template("nope")
 
 
@@ -108,5 +111,9 @@ def test_encoder_templates():
     assert len(names) == len(set(names)) >= 3
     for tpl in ENCODER_TEMPLATES:
         assert get_encoder_template(tpl.name) is tpl and tpl.description
-    with pytest.raises(PromptError, match=DEFAULT_ENCODER_TEMPLATE):
+    with pytest.raises(PromptError, match=re.escape(DEFAULT_ENCODER_TEMPLATE)):
         get_encoder_template("bogus")
+    assert system_presets()[DEFAULT_ENCODER_TEMPLATE] is None  # the text path's own default
+    assert {k: v for k, v in system_presets().items() if v is not None} == {
+        k: v for k, v in SYSTEM_PRESETS.items() if k != DEFAULT_ENCODER_TEMPLATE
+    }

@@ -12,25 +12,25 @@ from dataclasses import dataclass
 
 from .emphasis import Piece, Span
 
-# boundary kinds, best first: where a cut may fall, and the rank preferred among fitting ones
-HEADING, PARAGRAPH, LINE, SENTENCE, COMMA, SPACE = 5, 4, 3, 2, 1, 0
-_BOUNDARIES: tuple[tuple[int, re.Pattern[str]], ...] = (
-    (HEADING, re.compile(r"\n(?=[ \t]*#{1,6}[ \t])")),  # cut before a Markdown heading line
-    (PARAGRAPH, re.compile(r"\n[ \t]*\n")),
-    (LINE, re.compile(r"\n")),
-    (SENTENCE, re.compile(r"[.!?…](?=\s)|[。！？]")),
-    (COMMA, re.compile(r"[,;](?=\s)|[，、；]")),
-    (SPACE, re.compile(r"\s")),
+# boundary kinds, best first: a piece may end where these match (before a heading, after the others)
+BOUNDARIES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("heading", re.compile(r"\n(?=[ \t]*#{1,6}[ \t])")),
+    ("paragraph", re.compile(r"\n[ \t]*\n")),
+    ("line", re.compile(r"\n")),
+    ("sentence", re.compile(r"[.!?…](?=\s)|[。！？]")),
+    ("comma", re.compile(r"[,;](?=\s)|[，、；]")),
+    ("space", re.compile(r"\s")),
 )
+_RANKED = tuple((len(BOUNDARIES) - k, name, pattern) for k, (name, pattern) in enumerate(BOUNDARIES))
 MIN_FILL = 0.5  # a preferred boundary may shorten a piece to this share of what would fit
 
 
 def _boundaries(text: str) -> dict[int, int]:
     """Cut positions (a piece ends there) -> best rank."""
     best: dict[int, int] = {}
-    for rank, pattern in _BOUNDARIES:
+    for rank, name, pattern in _RANKED:
         for m in pattern.finditer(text):
-            pos = m.end() if rank != HEADING else m.start()
+            pos = m.start() if name == "heading" else m.end()
             if 0 < pos < len(text) and best.get(pos, -1) < rank:
                 best[pos] = rank
     return best
@@ -47,7 +47,7 @@ def _piece(text: str, spans: Sequence[Span], start: int, end: int) -> Piece:
     clean = chunk.strip()
     a, b = start + lead, start + lead + len(clean)
     out = [Span(max(s.start, a) - a, min(s.end, b) - a, s.weight) for s in spans if s.start < b and s.end > a]
-    return Piece(clean, tuple(out))
+    return Piece(clean, tuple(out), a)
 
 
 def _last_fitting(cands: list[int], fits: Callable[[int], bool]) -> int:
@@ -91,6 +91,7 @@ def split_for_budget(
     the budget is cut inside. Each piece is stripped and carries its own spans.
     """
     budget = max(int(budget), 1)
+    spans = [Span(*s) for s in spans]
     ranks = _boundaries(text)
     clean_cands = sorted(p for p in ranks if not _inside_span(p, spans))
     all_cands = sorted(ranks)
@@ -129,7 +130,12 @@ class CutInfo:
 
     @property
     def message(self) -> str:
+        if not self.word:
+            return f"cut at token {self.token_index} ({self.snippet})"
         return f'cut at token {self.token_index} near "{self.word}" ({self.snippet})'
+
+    def describe(self) -> str:
+        return self.message
 
 
 _WORD = re.compile(r"\w+|[^\w\s]+")
@@ -146,25 +152,31 @@ def _word_at(text: str, pos: int, token_end: int) -> str:
     return text[pos:token_end].strip()
 
 
-def _snippet(text: str, pos: int) -> str:
-    a, b = max(pos - CONTEXT, 0), min(pos + CONTEXT, len(text))
+def _snippet(text: str, pos: int, context: int) -> str:
+    a, b = max(pos - context, 0), min(pos + context, len(text))
     body = " ".join(text[a:pos].split()) + " | " + " ".join(text[pos:b].split())
     return ("…" if a > 0 else "") + body.strip() + ("…" if b < len(text) else "")
 
 
-def cut_report(prompt_text: str, offsets: Sequence[tuple[int, int] | None], n_kept: int) -> CutInfo | None:
-    """The cut when only the first ``n_kept`` of the prompt's tokens are used; ``None`` when nothing is cut.
+TEMPLATE_ONLY = "(only the template's closing tokens)"
 
-    ``offsets`` are the prompt tokens' character spans in ``prompt_text`` (``None`` for template tokens,
-    skipped). The snippet shows up to 30 characters each side with ``|`` at the cut.
+
+def cut_report(
+    prompt_text: str, offsets: Sequence[tuple[int, int] | None], n_kept: int, context: int = CONTEXT
+) -> CutInfo | None:
+    """The cut when only the first ``n_kept`` tokens reach the adapter; ``None`` when nothing is cut.
+
+    ``offsets`` are the tokens' character spans in ``prompt_text`` (``None`` for template tokens). The snippet
+    shows up to ``context`` characters each side with ``|`` at the cut. When only template tokens are dropped,
+    the word is empty and the snippet says so.
     """
     if n_kept >= len(offsets) or n_kept < 0:
         return None
     found = next(((i, o) for i, o in enumerate(offsets[n_kept:], n_kept) if o is not None), None)
     if found is None:
-        return None
+        return CutInfo(n_kept, len(prompt_text), "", TEMPLATE_ONLY)
     _, (start, end) = found
     start = min(max(start, 0), len(prompt_text))
     while start < len(prompt_text) and prompt_text[start].isspace():
         start += 1
-    return CutInfo(n_kept, start, _word_at(prompt_text, start, end), _snippet(prompt_text, start))
+    return CutInfo(n_kept, start, _word_at(prompt_text, start, end), _snippet(prompt_text, start, context))

@@ -16,15 +16,19 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Syntax = Literal["full", "weights_only", "none"]
 SYNTAXES: tuple[str, ...] = ("full", "weights_only", "none")
 
 ROUND = 1.1
 SQUARE = 1 / 1.1
+BREAK = "BREAK"
 BREAK_WEIGHT = -1.0
 PARAGRAPH = "\n\n"
+MIN_WEIGHT = (
+    0.01  # weights given to the LLM path are clamped here: a zero or negative scale only destroys tokens
+)
 
 _ESCAPABLE = "()[]\\"
 _SPECIAL = "\\()[]:"
@@ -32,9 +36,8 @@ _WEIGHT_CLOSE = re.compile(r":([+-]?[.\d]+)\)")
 _BREAK_SPLIT = re.compile(r"\s*\bBREAK\b\s*")
 
 
-@dataclass(frozen=True)
-class Span:
-    """Characters ``[start, end)`` of a clean text read with ``weight``."""
+class Span(NamedTuple):
+    """Characters ``[start, end)`` of a clean text read with ``weight`` (a tuple: ``s, e, w = span`` works)."""
 
     start: int
     end: int
@@ -43,10 +46,14 @@ class Span:
 
 @dataclass(frozen=True)
 class Piece:
-    """A text given to the LLM on its own, with its weighted spans (offsets into ``text``)."""
+    """A text given to the LLM on its own, with its weighted spans (offsets into ``text``).
+
+    ``start``: where the piece begins in the text it was cut from (``split_for_budget``), else 0.
+    """
 
     text: str
     spans: tuple[Span, ...] = ()
+    start: int = 0
 
 
 @dataclass(frozen=True)
@@ -137,7 +144,7 @@ def _segments_full(text: str) -> list[list]:
     def add_text(value: str) -> None:
         for k, part in enumerate(_BREAK_SPLIT.split(value)):
             if k:
-                segs.append(["BREAK", BREAK_WEIGHT, True])
+                segs.append([BREAK, BREAK_WEIGHT, True])
             segs.append([part, 1.0, False])
 
     for kind, value in _lex_full(text):
@@ -180,13 +187,18 @@ def _merge(segs: list[list]) -> list[list]:
     return out
 
 
-def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
-    """The hosts' ``parse_prompt_attention``: ``(text, weight)`` pairs, ``("BREAK", -1.0)`` between BREAK pieces.
+def parse_prompt_attention(text: str) -> list[list]:
+    """The hosts' ``parse_prompt_attention``: ``[text, weight]`` pairs, ``["BREAK", -1.0]`` between BREAK pieces.
 
-    Same results as the host's function (which returns lists of two items; ours are tuples), including its
-    quirks: a lone backslash vanishes, a ``BREAK`` inside brackets gets the brackets' factor on its -1 marker.
+    Same results as the host's function, including its quirks: a lone backslash vanishes, a ``BREAK`` inside
+    brackets gets the brackets' factor on its -1 marker (so the host reads it as the word, not a break).
     """
-    return [(s[0], s[1]) for s in _merge(_segments_full(text))]
+    return [[s[0], s[1]] for s in _merge(_segments_full(text))]
+
+
+def parse_weights_only(text: str) -> list[list]:
+    """``[text, weight]`` pairs of the "weights only" syntax, merged like the hosts' (BREAK markers included)."""
+    return [[s[0], s[1]] for s in _merge(_segments_weights_only(text))]
 
 
 # --- "weights only": (text:1.2) counts, bare brackets are text -------------------------------------------------
@@ -235,7 +247,7 @@ def _segments_weights_only(text: str) -> list[list]:
     for value, weight, _ in segs:
         for k, part in enumerate(_BREAK_SPLIT.split(value)):
             if k:
-                out.append(["BREAK", BREAK_WEIGHT, True])
+                out.append([BREAK, BREAK_WEIGHT, True])
             out.append([part, weight, False])
     return out or [["", 1.0, False]]
 
@@ -263,11 +275,17 @@ def _build_piece(segs: list[list]) -> Piece:
 
 
 def _sanitize(segs: list[list]) -> tuple[list[list], list[str]]:
+    """Non-finite weights become 1.0, weights below ``MIN_WEIGHT`` become ``MIN_WEIGHT`` (with a warning)."""
     warnings = []
     for seg in segs:
-        if not seg[2] and not math.isfinite(seg[1]):
+        if seg[2] or not seg[0]:
+            continue
+        if not math.isfinite(seg[1]):
             warnings.append(f"weight {seg[1]} of {seg[0][:30]!r} is not a finite number; using 1.0")
             seg[1] = 1.0
+        elif seg[1] < MIN_WEIGHT:
+            warnings.append(f"weight {seg[1]} of {seg[0][:30]!r} is below {MIN_WEIGHT}; using {MIN_WEIGHT}")
+            seg[1] = MIN_WEIGHT
     return segs, warnings
 
 
@@ -289,7 +307,8 @@ def parse_prompt(text: str, *, syntax: str = "full") -> ParsedPrompt:
 
     ``syntax``: ``"full"`` (the hosts' grammar), ``"weights_only"`` (only ``(text:1.2)``; bare brackets are
     text), ``"none"`` (the text as it is, only stripped, like the reference's ``prompt.strip()``). A ``BREAK``
-    is a break wherever it stands (the host reads one inside brackets as the word "BREAK"). Whitespace-only
+    is a break wherever it stands (the host reads one inside brackets as the word "BREAK"). Weights below
+    ``MIN_WEIGHT`` (zero, negative) are raised to it, non-finite ones become 1.0 (``warnings`` says so). Whitespace-only
     pieces are dropped (one empty piece remains for an empty prompt). Unknown syntaxes read as ``"full"``.
     """
     if not isinstance(text, str):

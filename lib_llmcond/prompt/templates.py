@@ -17,39 +17,41 @@ others still load.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PromptError
+from ..text.paths import GEMMA_SYSTEM_PROMPT
 
-BUILTIN_DIR = Path(__file__).resolve().parents[2] / "templates"
+BUILTIN_FOLDER = Path(__file__).resolve().parents[2] / "templates"
+BUILTIN_DIR = BUILTIN_FOLDER
 _FRONT = "---"
 _REQUIRED = ("name", "description")
 MAX_TEMPLATE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
-class PromptTemplate:
+class Template:
     name: str
     description: str
-    body: str
+    text: str  # the Markdown skeleton inserted into the prompt
     path: Path | None = None
 
+    @property
+    def body(self) -> str:
+        return self.text
 
-@dataclass
-class TemplateCatalog:
-    """Templates by name, in load order, and the errors of the files that could not be read."""
 
-    templates: dict[str, PromptTemplate] = field(default_factory=dict)
-    errors: list[PromptError] = field(default_factory=list)
+PromptTemplate = Template
 
-    def names(self) -> list[str]:
-        return list(self.templates)
+
+class TemplateError(PromptError):
+    """A template file that cannot be used, or a template name that does not exist."""
 
 
 def _front_matter(lines: list[str], path: Path) -> tuple[dict[str, str], int]:
     if not lines or lines[0].strip() != _FRONT:
-        raise PromptError(
+        raise TemplateError(
             "the template has no front matter",
             path=path,
             fix="Start the file with '---', 'name: ...', 'description: ...' and '---' lines.",
@@ -62,45 +64,48 @@ def _front_matter(lines: list[str], path: Path) -> tuple[dict[str, str], int]:
             continue
         key, sep, value = line.partition(":")
         if not sep or not key.strip():
-            raise PromptError(
+            raise TemplateError(
                 f"line {i + 1} of the front matter is not 'key: value'",
                 path=path,
                 fix="Write it as 'key: value'.",
             )
         meta[key.strip().lower()] = value.strip()
-    raise PromptError("the front matter is not closed", path=path, fix="End it with a '---' line.")
+    raise TemplateError("the front matter is not closed", path=path, fix="End it with a '---' line.")
 
 
-def parse_template(text: str, path: Path | None = None) -> PromptTemplate:
-    """A template from the text of a ``.md`` file; ``PromptError`` naming the file when it is malformed."""
+def parse_template_text(text: str, path: Path | None = None) -> Template:
+    """A template from the text of a ``.md`` file; ``TemplateError`` naming the file when it is malformed."""
     lines = text.lstrip("\ufeff").splitlines()
     meta, body_start = _front_matter(lines, path or Path("<template>"))
     missing = [k for k in _REQUIRED if not meta.get(k)]
     if missing:
-        raise PromptError(
+        raise TemplateError(
             f"the front matter lacks {' and '.join(missing)}",
             path=path,
             fix="Add 'name: ...' and 'description: ...'.",
         )
     body = "\n".join(lines[body_start:]).strip()
     if not body:
-        raise PromptError(
+        raise TemplateError(
             "the template has no text after its front matter", path=path, fix="Add the skeleton."
         )
-    return PromptTemplate(meta["name"], meta["description"], body, path)
+    return Template(meta["name"], meta["description"], body, path)
 
 
-def load_template_file(path: Path) -> PromptTemplate:
+def parse_template(path: str | Path) -> Template:
+    """The template in the file ``path``; ``TemplateError`` naming the file when it cannot be used."""
     path = Path(path)
     try:
         if path.stat().st_size > MAX_TEMPLATE_BYTES:
-            raise PromptError("the template file is too large", path=path, fix="Keep templates under 64 KiB.")
+            raise TemplateError(
+                "the template file is too large", path=path, fix="Keep templates under 64 KiB."
+            )
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise PromptError("the template is not UTF-8 text", path=path, fix="Save it as UTF-8.") from exc
+        raise TemplateError("the template is not UTF-8 text", path=path, fix="Save it as UTF-8.") from exc
     except OSError as exc:
-        raise PromptError(f"cannot read the template ({exc.strerror})", path=path) from exc
-    return parse_template(text, path)
+        raise TemplateError(f"cannot read the template ({exc.strerror})", path=path) from exc
+    return parse_template_text(text, path)
 
 
 def _folders(folders: Iterable[str | Path] | None) -> list[Path]:
@@ -111,22 +116,24 @@ def _folders(folders: Iterable[str | Path] | None) -> list[Path]:
     return out
 
 
-def list_templates(folders: Iterable[str | Path] | None = None) -> TemplateCatalog:
-    """Templates of the built-in folder then of ``folders`` (missing folders are ignored)."""
-    catalog = TemplateCatalog()
+def load_templates(folders: Iterable[str | Path] | None = ()) -> tuple[list[Template], list[TemplateError]]:
+    """Templates of the built-in folder then of ``folders`` (missing folders are ignored), and the errors of
+    the files that could not be used. A later folder's template replaces an earlier one of the same name."""
+    found: dict[str, Template] = {}
+    errors: list[TemplateError] = []
     for folder in _folders(folders):
         if not folder.is_dir():
             continue
         seen: dict[str, Path] = {}
         for path in sorted(folder.glob("*.md")):
             try:
-                tpl = load_template_file(path)
-            except PromptError as err:
-                catalog.errors.append(err)
+                tpl = parse_template(path)
+            except TemplateError as err:
+                errors.append(err)
                 continue
             if tpl.name in seen:
-                catalog.errors.append(
-                    PromptError(
+                errors.append(
+                    TemplateError(
                         f"the name {tpl.name!r} is already used by {seen[tpl.name].name}",
                         path=path,
                         fix="Give the template a name of its own.",
@@ -134,31 +141,34 @@ def list_templates(folders: Iterable[str | Path] | None = None) -> TemplateCatal
                 )
                 continue
             seen[tpl.name] = path
-            catalog.templates.pop(tpl.name, None)  # a user's template replaces a built-in one, shown last
-            catalog.templates[tpl.name] = tpl
-    return catalog
+            found.pop(tpl.name, None)  # a user's template replaces a built-in one, listed last
+            found[tpl.name] = tpl
+    return list(found.values()), errors
 
 
-def get_template(name: str, folders: Iterable[str | Path] | None = None) -> PromptTemplate:
-    catalog = list_templates(folders)
-    if name in catalog.templates:
-        return catalog.templates[name]
-    raise PromptError(f"no prompt template named {name!r}", fix=f"Use one of: {', '.join(catalog.names())}.")
+def list_templates(folders: Iterable[str | Path] | None = ()) -> list[Template]:
+    return load_templates(folders)[0]
 
 
-def insert_template(prompt: str, template: PromptTemplate | str) -> str:
+def get_template(name: str, folders: Iterable[str | Path] | None = ()) -> Template:
+    templates = list_templates(folders)
+    for tpl in templates:
+        if tpl.name == name:
+            return tpl
+    names = ", ".join(t.name for t in templates)
+    raise TemplateError(f"no template named {name!r}", fix=f"Use one of: {names}.")
+
+
+def insert_template(prompt: str, template: Template | str) -> str:
     """The prompt with the template's skeleton appended as new paragraphs (the skeleton alone if empty)."""
-    body = template.body if isinstance(template, PromptTemplate) else str(template).strip()
+    body = template.text if isinstance(template, Template) else str(template).strip()
     prompt = (prompt or "").rstrip()
     return f"{prompt}\n\n{body}" if prompt else body
 
 
 # --- encoder templates: system-prompt presets --------------------------------------------------------------
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are expert in understanding of user prompts for image generations. "
-    "Create an image according to the prompt from user."
-)
+DEFAULT_SYSTEM_PROMPT = GEMMA_SYSTEM_PROMPT  # the reference's, exactly
 
 
 @dataclass(frozen=True)
@@ -168,31 +178,27 @@ class EncoderTemplate:
     description: str
 
 
-DEFAULT_ENCODER_TEMPLATE = "RouWei default"
+DEFAULT_SYSTEM = "Default (reference)"
+DEFAULT_ENCODER_TEMPLATE = DEFAULT_SYSTEM
+_NOT_TRAINED = " The adapters were trained with the default: expect output to drift from the reference."
 ENCODER_TEMPLATES: tuple[EncoderTemplate, ...] = (
     EncoderTemplate(
-        DEFAULT_ENCODER_TEMPLATE,
-        DEFAULT_SYSTEM_PROMPT,
-        "The system prompt the adapters were trained with (reference output).",
+        DEFAULT_SYSTEM, DEFAULT_SYSTEM_PROMPT, "The reference's system prompt (its exact output)."
     ),
     EncoderTemplate(
         "Detailed scene",
-        "You are expert in understanding of user prompts for image generations. Read the whole prompt, "
-        "including every character, the scene and the style, and create an image according to it.",
-        "Asks for attention to every part of long, structured prompts. Not what the adapter was trained on.",
+        "You are expert in understanding of user prompts for image generations. Create an image according to "
+        "the prompt from user, keeping every described character, object and detail.",
+        "Asks to keep every part of long, structured prompts." + _NOT_TRAINED,
     ),
     EncoderTemplate(
-        "Tags and text",
-        "You are expert in understanding of user prompts for image generations. The prompt mixes booru tags "
-        "and natural language. Create an image according to the prompt from user.",
-        "Mentions booru tags mixed with sentences. Not what the adapter was trained on.",
-    ),
-    EncoderTemplate(
-        "No system prompt",
-        "",
-        "The user's prompt alone in the user turn. Not what the adapter was trained on.",
+        "Booru tags",
+        "You are expert in understanding of booru tags and user prompts for anime image generations. "
+        "Create an image according to the prompt from user.",
+        "Mentions booru tags." + _NOT_TRAINED,
     ),
 )
+SYSTEM_PRESETS: dict[str, str] = {t.name: t.system_prompt for t in ENCODER_TEMPLATES}
 _ENCODER_BY_NAME = {t.name: t for t in ENCODER_TEMPLATES}
 
 
@@ -203,13 +209,19 @@ def encoder_template_names() -> list[str]:
 def get_encoder_template(name: str | None) -> EncoderTemplate:
     """The preset called ``name``; the default for ``None`` or an empty name."""
     if not name:
-        return _ENCODER_BY_NAME[DEFAULT_ENCODER_TEMPLATE]
+        return _ENCODER_BY_NAME[DEFAULT_SYSTEM]
     if name in _ENCODER_BY_NAME:
         return _ENCODER_BY_NAME[name]
-    raise PromptError(
+    raise TemplateError(
         f"no encoder template named {name!r}", fix=f"Use one of: {', '.join(encoder_template_names())}."
     )
 
 
 def system_prompt(name: str | None = None) -> str:
+    """The system prompt of the preset ``name`` (the reference's for None)."""
     return get_encoder_template(name).system_prompt
+
+
+def system_presets() -> dict[str, str | None]:
+    """Encoder templates for the UI; the default maps to None (the text path's own reference prompt)."""
+    return {t.name: (None if t.name == DEFAULT_SYSTEM else t.system_prompt) for t in ENCODER_TEMPLATES}

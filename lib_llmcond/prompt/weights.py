@@ -18,8 +18,12 @@ from ..errors import PromptError
 from .emphasis import Span
 
 EMPHASIS_MODES: tuple[str, ...] = ("Original", "No norm", "Ignore", "None")
-MAPPINGS: tuple[str, ...] = ("attention", "sharpened", "nearest")
+MODES = EMPHASIS_MODES
+MAPPINGS: tuple[str, ...] = ("argmax", "attention", "sharpened", "nearest")
 SHARPEN_POWER = 4.0
+# "Original" restores a row's mean only when that rescales it by a factor in this range: a mean near zero
+# (the adapter's crossattn has one) would turn the restore into a large, noisy gain
+RESTORE_RANGE = (0.5, 2.0)
 
 
 def _token_weight(start: int, end: int, spans: Sequence[Span], starts: list[int], text: str | None) -> float:
@@ -55,7 +59,7 @@ def token_weights(
     weight of most of its characters; with ``text`` given, spaces don't vote (so " cat" weighs what "cat"
     weighs). ``spans`` must not overlap (``parse_prompt``'s don't).
     """
-    ordered = sorted(spans, key=lambda s: s.start)
+    ordered = sorted((Span(*s) for s in spans), key=lambda s: s.start)
     starts = [s.start for s in ordered]
     return [1.0 if off is None else _token_weight(off[0], off[1], ordered, starts, text) for off in offsets]
 
@@ -100,7 +104,8 @@ def output_multipliers(
 ) -> torch.Tensor:
     """Weights [B,T] of the adapter's output tokens from input-token weights [B,L] and attention [B,T,L].
 
-    ``attention``: ``m_j = 1 + sum_i A[j,i] (w_i - 1)``, i.e. ``sum_i A[j,i] w_i`` for rows summing to 1 and
+    ``argmax``: the weight of the input token output token j attends to most (the default: see the README's
+    measurement). ``attention``: ``m_j = 1 + sum_i A[j,i] (w_i - 1)``, i.e. ``sum_i A[j,i] w_i`` for rows summing to 1 and
     any attention mass not on the inputs (a Perceiver's latents) weighing 1.0. ``sharpened``: the same on
     ``A**4`` rescaled per row, so an output token follows its strongest sources (less leakage).
     ``nearest``: the input token at the same relative position among the attended ones. All weights 1.0 give
@@ -112,6 +117,8 @@ def output_multipliers(
     token_w = token_w.to(attention.device, torch.float32)
     if mode == "nearest":
         return _nearest(attention, token_w)
+    if mode == "argmax":
+        return torch.gather(token_w, 1, attention.argmax(dim=-1))
     if mode == "sharpened":
         attention = _sharpen(attention, SHARPEN_POWER)
     return 1.0 + torch.einsum("btl,bl->bt", attention, token_w - 1.0)
@@ -123,9 +130,10 @@ def apply_emphasis(
     """The hosts' emphasis modes on crossattn [B,T,D] with per-token multipliers [B,T].
 
     ``Original``: scale, then rescale the row to its former mean (the host takes the mean over the whole
-    batch; we take it per row so a prompt's result doesn't depend on its batch neighbours). ``No norm``: scale.
-    ``Ignore`` and ``None``: unchanged. Rows whose multipliers are all 1.0 are returned bit-identical, and so is
-    a row whose mean would become 0 or non-finite under ``Original`` (it is only scaled then, as ``No norm``).
+    batch; we take it per row so a prompt's result doesn't depend on its batch neighbours); when that rescale
+    factor is outside ``RESTORE_RANGE`` or not finite (a mean near zero), the row is only scaled, as ``No norm``.
+    ``No norm``: scale. ``Ignore`` and ``None``: unchanged. Rows whose multipliers are all 1.0 come back
+    bit-identical.
     """
     if mode not in EMPHASIS_MODES:
         raise PromptError(f"unknown emphasis mode {mode!r}", fix=f"Use one of {', '.join(EMPHASIS_MODES)}.")
@@ -141,7 +149,8 @@ def apply_emphasis(
         before = z.mean(dim=(1, 2), keepdim=True)
         after = scaled.mean(dim=(1, 2), keepdim=True)
         ratio = before / after
-        ok = torch.isfinite(ratio) & (after != 0)
+        lo, hi = RESTORE_RANGE
+        ok = torch.isfinite(ratio) & (ratio >= lo) & (ratio <= hi)
         scaled = torch.where(ok, scaled * ratio, scaled)
     out = scaled.to(crossattn.dtype)
     return torch.where(changed.view(-1, 1, 1), out, crossattn)

@@ -1,0 +1,261 @@
+"""One tokenizer interface over ``tokenizers`` (tokenizer.json) and ``sentencepiece`` (tokenizer.model).
+
+Special tokens written in the text (``<bos>``, ``<start_of_turn>``...) become their ids; nothing is added
+implicitly. Offsets are character spans of the input string (for byte-fallback pieces of a multi-byte
+character, every piece carries the character's span).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lib_llmcond.errors import ModelFileError
+
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class TokenizedText:
+    ids: list[int]
+    offsets: list[Span]
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    bos: str | None = None
+    eos: str | None = None
+    pad: str | None = None
+    padding_side: str = "left"
+    add_bos: bool = False  # whether the model's own tokenizer adds <bos> to plain calls (T5Gemma path)
+
+
+class Tokenizer(ABC):
+    """Text -> ids with offsets. Subclasses implement :meth:`_encode_plain` and :meth:`token_id`."""
+
+    def __init__(self, special: SpecialTokens, special_strings: list[str]) -> None:
+        self.special = special
+        strings = sorted({s for s in special_strings if s}, key=len, reverse=True)
+        self._split = re.compile("(" + "|".join(re.escape(s) for s in strings) + ")") if strings else None
+        self.padding_side = special.padding_side
+
+    @abstractmethod
+    def _encode_plain(self, text: str) -> TokenizedText: ...
+
+    @abstractmethod
+    def token_id(self, token: str) -> int | None: ...
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.token_id(token)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._id(self.special.bos)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._id(self.special.eos)
+
+    @property
+    def pad_id(self) -> int:
+        pad = self._id(self.special.pad)
+        return pad if pad is not None else (self.eos_id or 0)
+
+    def encode(self, text: str) -> TokenizedText:
+        ids: list[int] = []
+        offsets: list[Span] = []
+        pieces = self._split.split(text) if self._split else [text]
+        pos = 0
+        for i, piece in enumerate(pieces):
+            if not piece:
+                continue
+            special = self.token_id(piece) if i % 2 == 1 else None
+            if special is not None:
+                ids.append(special)
+                offsets.append((pos, pos + len(piece)))
+            else:
+                enc = self._encode_plain(piece)
+                ids.extend(enc.ids)
+                offsets.extend((pos + s, pos + e) for s, e in enc.offsets)
+            pos += len(piece)
+        return TokenizedText(ids, offsets)
+
+
+class HFTokenizer(Tokenizer):
+    """A ``tokenizer.json`` through the ``tokenizers`` package."""
+
+    def __init__(self, backend: Any, special: SpecialTokens) -> None:
+        self._tok = backend
+        added = [t.content for t in _added_tokens(backend)]
+        super().__init__(special, added + [s for s in (special.bos, special.eos, special.pad) if s])
+
+    def _encode_plain(self, text: str) -> TokenizedText:
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return TokenizedText(list(enc.ids), [tuple(o) for o in enc.offsets])
+
+    def token_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+
+def _added_tokens(backend: Any) -> list[Any]:
+    try:
+        return list(backend.get_added_tokens_decoder().values())
+    except AttributeError:  # tokenizers < 0.14: read them from the serialized form
+        data = json.loads(backend.to_str())
+
+        class _T:
+            def __init__(self, content: str) -> None:
+                self.content = content
+
+        return [_T(t["content"]) for t in data.get("added_tokens", [])]
+
+
+class SPTokenizer(Tokenizer):
+    """A SentencePiece ``tokenizer.model``; user-defined and control symbols are matched in the text."""
+
+    def __init__(self, processor: Any, special: SpecialTokens) -> None:
+        self._sp = processor
+        controls = [
+            processor.id_to_piece(i)
+            for i in range(processor.get_piece_size())
+            if processor.is_control(i) or _is_user_defined(processor, i)
+        ]
+        super().__init__(special, controls)
+
+    def _encode_plain(self, text: str) -> TokenizedText:
+        try:
+            proto = self._sp.encode_as_proto(text)
+        except ImportError:  # sentencepiece's proto output needs protobuf; walk the pieces instead
+            return self._encode_by_pieces(text)
+        byte_to_char = _byte_to_char(text)
+        ids, offsets = [], []
+        for piece in proto.pieces:
+            ids.append(piece.id)
+            start = byte_to_char[piece.begin]
+            end = byte_to_char[piece.end] if piece.end > piece.begin else start
+            if end == start and piece.end > piece.begin:
+                end = start + 1  # a byte-fallback piece inside one multi-byte character
+            offsets.append((start, max(end, start)))
+        return TokenizedText(ids, _widen_byte_pieces(offsets))
+
+    def _encode_by_pieces(self, text: str) -> TokenizedText:
+        ids = list(self._sp.encode(text, out_type=int))
+        offsets: list[Span] = []
+        pos, pending = 0, b""
+        for i in ids:
+            piece = self._sp.id_to_piece(i)
+            if self._sp.is_byte(i):
+                pending += bytes([int(piece[3:-1], 16)])
+                char_len = _utf8_len(pending[0])
+                offsets.append((pos, pos + 1))
+                if len(pending) >= char_len:
+                    pos, pending = pos + 1, b""
+                continue
+            surface = piece.replace("\u2581", " ")
+            n = len(surface) if text.startswith(surface, pos) else max(1, len(surface))
+            offsets.append((pos, min(pos + n, len(text))))
+            pos += n
+        return TokenizedText(ids, offsets)
+
+    def token_id(self, token: str) -> int | None:
+        i = self._sp.piece_to_id(token)
+        if i == self._sp.unk_id() and token != self._sp.id_to_piece(i):
+            return None
+        return int(i)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._sp.get_piece_size())
+
+
+def _is_user_defined(processor: Any, i: int) -> bool:
+    return bool(getattr(processor, "is_user_defined", lambda _i: False)(i))
+
+
+def _byte_to_char(text: str) -> list[int]:
+    """Map each UTF-8 byte index (and the end) to the index of the character containing it."""
+    table = []
+    for ci, ch in enumerate(text):
+        table.extend([ci] * len(ch.encode("utf-8")))
+    table.append(len(text))
+    return table
+
+
+def _utf8_len(first: int) -> int:
+    return 1 if first < 0x80 else 2 if first < 0xE0 else 3 if first < 0xF0 else 4
+
+
+def _widen_byte_pieces(offsets: list[Span]) -> list[Span]:
+    return [(s, e) if e > s else (s, s + 1) for s, e in offsets]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise ModelFileError(
+            f"unreadable JSON ({e})", path=path, fix="re-download the tokenizer files"
+        ) from e
+
+
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+def read_special_tokens(directory: Path) -> SpecialTokens:
+    cfg = _read_json(directory / "tokenizer_config.json")
+    smap = _read_json(directory / "special_tokens_map.json")
+
+    def pick(name: str, default: str | None) -> str | None:
+        return _token_text(cfg.get(f"{name}_token")) or _token_text(smap.get(f"{name}_token")) or default
+
+    return SpecialTokens(
+        bos=pick("bos", None),
+        eos=pick("eos", None),
+        pad=pick("pad", None),
+        padding_side=str(cfg.get("padding_side", "left")),
+        add_bos=bool(cfg.get("add_bos_token", False)),
+    )
+
+
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """``tokenizer.json`` when the installed ``tokenizers`` reads it, else ``tokenizer.model``."""
+    directory = Path(directory)
+    special = read_special_tokens(directory)
+    errors = []
+    if (directory / "tokenizer.json").is_file():
+        try:
+            from tokenizers import Tokenizer as Backend
+
+            return HFTokenizer(Backend.from_file(str(directory / "tokenizer.json")), special)
+        except Exception as e:  # an older tokenizers cannot parse newer files
+            errors.append(f"tokenizer.json: {e}")
+    if (directory / "tokenizer.model").is_file():
+        try:
+            import sentencepiece as spm
+
+            proc = spm.SentencePieceProcessor()
+            proc.Load(str(directory / "tokenizer.model"))
+            return SPTokenizer(proc, special)
+        except Exception as e:
+            errors.append(f"tokenizer.model: {e}")
+    detail = "; ".join(errors) if errors else "neither tokenizer.json nor tokenizer.model is present"
+    raise ModelFileError(
+        f"no usable tokenizer ({detail})",
+        path=directory,
+        fix="copy the model's tokenizer files (tokenizer.model or tokenizer.json) into this folder",
+    )
