@@ -124,3 +124,30 @@ def test_same_ids_and_offsets_as_gemma_tokenizer_fast(tmp_path, prefix27):
             assert got.ids == want["input_ids"], text
             assert got.offsets == [tuple(o) for o in want["offset_mapping"]], text
         assert ref(text)["input_ids"][:1] == [ours_spm.bos_id]  # what add_bos stands for
+
+
+def test_model_file_alone_gives_its_special_ids(tiny_dir, tmp_path):
+    (tmp_path / "tokenizer.model").write_bytes((tiny_dir / "tokenizer.model").read_bytes())
+    tok = load_tokenizer(tmp_path)
+    assert (tok.pad_id, tok.eos_id, tok.bos_id, tok.unk_id) == (0, 1, 2, 3)
+    assert tok.padding_side == "right"  # transformers' default when no config says otherwise
+    assert tok.encode("a<bos>").ids[-1] == 2
+
+
+def test_many_special_tokens_stay_fast(tiny_dir, tmp_path):
+    import json
+    import time
+
+    config = json.loads((tiny_dir / "tokenizer_config.json").read_text())
+    # real Gemma files declare thousands of added tokens; these map to existing ids only for the speed check
+    for i in range(6000):
+        config["added_tokens_decoder"][str(10_000 + i)] = {"content": f"<unused{i}>", "special": True}
+    d = tmp_path / "many"
+    shutil.copytree(tiny_dir, d)
+    (d / "tokenizer_config.json").write_text(json.dumps(config))
+    tok = load_tokenizer(d)
+    text = "a girl with long red hair, <unused17> masterpiece " * 200
+    t0 = time.perf_counter()
+    enc = tok.encode(text)
+    assert time.perf_counter() - t0 < 0.5
+    assert enc.ids.count(10_017) == 200

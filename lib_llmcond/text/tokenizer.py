@@ -12,7 +12,6 @@ for a token that stands for text. Special tokens written in the text (``<bos>``,
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -55,14 +54,17 @@ class Tokenizer:
         pad = self._special_id(config, "pad_token")
         self.pad_id: int = pad if pad is not None else (self.eos_id if self.eos_id is not None else 0)
         self.padding_side: str = config.get("padding_side") or "right"
-        self.add_bos: bool = bool(config.get("add_bos_token", False)) and self.bos_id is not None
-        self.add_eos: bool = bool(config.get("add_eos_token", False)) and self.eos_id is not None
+        self.add_bos: bool = _adds(config, "add_bos_token", directory) and self.bos_id is not None
+        self.add_eos: bool = _adds(config, "add_eos_token", directory) and self.eos_id is not None
 
     def _special_id(self, config: dict, key: str) -> int | None:
+        """From the config files, else from the model file itself (SentencePiece records bos/eos/pad/unk)."""
         value = config.get(key)
         if isinstance(value, dict):
             value = value.get("content")
-        return self.token_id(value) if isinstance(value, str) else None
+        if isinstance(value, str):
+            return self.token_id(value)
+        return getattr(self._backend, "model_specials", {}).get(key)
 
     def encode(self, text: str) -> TokenizedText:
         ids, offsets = self._backend.encode(text)
@@ -75,6 +77,27 @@ class Tokenizer:
         return (
             f"Tokenizer({self.kind}, {self.directory}, vocab={self.vocab_size}, pad side={self.padding_side})"
         )
+
+
+def _adds(config: dict, key: str, directory: Path) -> bool:
+    """Whether the tokenizer adds bos/eos by itself: tokenizer_config.json, else the default of its transformers
+    class (Gemma/Llama tokenizers add <bos>), else the post-processor template of tokenizer.json."""
+    if key in config:
+        return bool(config[key])
+    if key == "add_bos_token" and any(
+        n in str(config.get("tokenizer_class", "")) for n in ("Gemma", "Llama")
+    ):
+        return True
+    path = directory / "tokenizer.json"
+    if not path.is_file():
+        return False
+    try:
+        post = json.loads(path.read_text(encoding="utf-8")).get("post_processor") or {}
+    except (OSError, ValueError):
+        return False
+    single = post.get("single") or []
+    ends = single[:1] if key == "add_bos_token" else single[-1:]
+    return any("SpecialToken" in item for item in ends)
 
 
 # --- backends -------------------------------------------------------------------------------------------------
@@ -102,8 +125,14 @@ class _SentencePieceBackend:
         self._sp = sp
         self.vocab_size = sp.get_piece_size()
         self._specials = specials
-        ordered = sorted(specials, key=len, reverse=True)
-        self._split = re.compile("|".join(re.escape(s) for s in ordered)) if ordered else None
+        self._by_first = _index_by_first_char(specials)
+        ids = {
+            "bos_token": sp.bos_id(),
+            "eos_token": sp.eos_id(),
+            "pad_token": sp.pad_id(),
+            "unk_token": sp.unk_id(),
+        }
+        self.model_specials = {k: v for k, v in ids.items() if v >= 0}
 
     def token_id(self, token: str) -> int | None:
         if token in self._specials:
@@ -115,11 +144,11 @@ class _SentencePieceBackend:
         ids: list[int] = []
         offsets: list[Span] = []
         pos = 0
-        for m in self._split.finditer(text) if self._split else ():
-            self._encode_plain(text[pos : m.start()], pos, ids, offsets)
-            ids.append(self._specials[m.group()])
-            offsets.append((m.start(), m.end()))
-            pos = m.end()
+        for start, token in _find_specials(text, self._by_first):
+            self._encode_plain(text[pos:start], pos, ids, offsets)
+            ids.append(self._specials[token])
+            offsets.append((start, start + len(token)))
+            pos = start + len(token)
         self._encode_plain(text[pos:], pos, ids, offsets)
         return ids, offsets
 
@@ -133,6 +162,26 @@ class _SentencePieceBackend:
             last = _char_end(starts, b - 1) if b > a else first + 1
             ids.append(piece.id)
             offsets.append((base + first, base + min(last, len(text))))
+
+
+def _index_by_first_char(tokens) -> dict[str, list[str]]:
+    """Special tokens grouped by first character, longest first (real Gemma files have thousands of them)."""
+    index: dict[str, list[str]] = {}
+    for token in sorted(tokens, key=len, reverse=True):
+        index.setdefault(token[0], []).append(token)
+    return index
+
+
+def _find_specials(text: str, by_first: dict[str, list[str]]):
+    """(start, token) of special tokens in ``text``, leftmost-longest, non-overlapping."""
+    i = 0
+    while i < len(text):
+        match = next((t for t in by_first.get(text[i], ()) if text.startswith(t, i)), None)
+        if match:
+            yield i, match
+            i += len(match)
+        else:
+            i += 1
 
 
 def _sp_pieces(sp, text: str):
