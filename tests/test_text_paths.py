@@ -178,3 +178,11 @@ def test_t5gemma_batch_equals_reference_call(tok_dir, words):
     batch = path.batch([path.tokenize(prompt, tok)], tok)
     assert torch.equal(batch.input_ids, want["input_ids"])
     assert torch.equal(batch.attention_mask, want["attention_mask"])
+
+
+def test_text_path_for_families():
+    assert text_path_for("gemma3") == GemmaChatPath()
+    assert text_path_for("gemma3", "Be brief.").system_prompt == "Be brief."
+    assert isinstance(text_path_for("t5gemma", "ignored"), T5GemmaPath)
+    with pytest.raises(ValueError, match="gemma3"):
+        text_path_for("llama")

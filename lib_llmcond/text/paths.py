@@ -214,9 +214,16 @@ class QwenPlainPath:
         return TokenBatch(ids, mask, positions, list(rows), slices, adapter_mask=True)
 
 
-def text_path_for(family: str, **kwargs) -> TextPath:
-    """The text path of a model family: "gemma3", "t5gemma" or "qwen3"."""
-    table: dict[str, type] = {"gemma3": GemmaChatPath, "t5gemma": T5GemmaPath, "qwen3": QwenPlainPath}
-    if family not in table:
-        raise ValueError(f"unknown text family {family!r}; expected one of {sorted(table)}")
-    return table[family](**kwargs)
+FAMILIES = ("gemma3", "t5gemma", "qwen3")
+
+
+def text_path_for(family: str, system_prompt: str | None = None) -> TextPath:
+    """The text path of a model family ("gemma3", "t5gemma" or "qwen3"). ``system_prompt`` (None: the reference's)
+    is used by the Gemma-3 chat template only; the other families have no system prompt and ignore it."""
+    if family == "gemma3":
+        return GemmaChatPath() if system_prompt is None else GemmaChatPath(system_prompt=system_prompt)
+    if family == "t5gemma":
+        return T5GemmaPath()
+    if family == "qwen3":
+        return QwenPlainPath()
+    raise ValueError(f"unknown text family {family!r}; expected one of {', '.join(FAMILIES)}")
