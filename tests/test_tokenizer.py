@@ -151,3 +151,9 @@ def test_many_special_tokens_stay_fast(tiny_dir, tmp_path):
     enc = tok.encode(text)
     assert time.perf_counter() - t0 < 0.5
     assert enc.ids.count(10_017) == 200
+
+
+def test_prefix27_needs_a_large_enough_vocabulary(tmp_path):
+    with pytest.raises(ValueError, match="vocab_size"):
+        write_tiny_gemma_tokenizer(tmp_path / "small", vocab_size=400, prefix27=True)
+    write_tiny_gemma_tokenizer(tmp_path / "small_plain", vocab_size=400)  # fine without prefix27

@@ -47,7 +47,8 @@ def _corpus(prefix27: bool) -> list[str]:
 
 
 def train_tiny_gemma_spm(*, vocab_size: int = 1000, prefix27: bool = False) -> bytes:
-    """The serialized SentencePiece model (deterministic for the same arguments)."""
+    """The serialized SentencePiece model (deterministic for the same arguments). ``vocab_size`` is an upper
+    bound (the corpus yields about 1130 pieces at most); below about 310 the byte pieces do not fit."""
     import sentencepiece as spm
 
     out = io.BytesIO()
@@ -107,6 +108,8 @@ def write_tiny_gemma_tokenizer(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = train_tiny_gemma_spm(vocab_size=vocab_size, prefix27=prefix27)
+    if prefix27:
+        _check_prefix27(model, vocab_size)
     (directory / "tokenizer.model").write_bytes(model)
     smap = {f"{k}_token": v for k, v in GEMMA_SPECIALS.items()}
     smap["additional_special_tokens"] = list(TURN_TOKENS)
@@ -127,6 +130,16 @@ def write_tiny_gemma_tokenizer(
     _write_json(directory / "tokenizer_config.json", config)
     _write_json(directory / "special_tokens_map.json", smap)
     return directory
+
+
+def _check_prefix27(model: bytes, vocab_size: int) -> None:
+    """The 27-token prefix needs the system prompt as 22 tokens and "user" as one."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    system = " ".join(_SYSTEM_SENTENCES)
+    if len(sp.encode(system)) != 22 or len(sp.encode("user")) != 1:
+        raise ValueError(f"vocab_size={vocab_size} is too small for prefix27=True; use at least 450")
 
 
 def add_tokenizer_json(directory: Path | str) -> Path:
