@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run lint and the whole test suite in both environments (current packages, then A1111's pins).
+# Run lint and the whole test suite: current packages, A1111's pins, and the two WebUI UI stacks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
@@ -7,4 +7,10 @@ cd "$(dirname "$0")/.."
 echo "== tests: current packages (.venv)"
 .venv/bin/python -m pytest -q "$@"
 echo "== tests: A1111 1.10.1 pins (.venv-a1111)"
-.venv-a1111/bin/python -m pytest -q -m "not oracle and not browser" -p no:cacheprovider "$@"
+.venv-a1111/bin/python -m pytest -q -p no:cacheprovider -m "not oracle" "$@"
+for ui in gradio3 gradio4; do
+  if [ -x ".venv-$ui/bin/python" ]; then
+    echo "== tests: WebUI UI stack .venv-$ui (host stand-in, API, browser, UNet)"
+    ".venv-$ui/bin/python" -m pytest -q -p no:cacheprovider tests/webui_standin "$@"
+  fi
+done

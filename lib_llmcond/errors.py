@@ -17,7 +17,7 @@ class LlmcondError(Exception):
     @property
     def message(self) -> str:
         head = f"{self.path}: {self.what}" if self.path else self.what
-        return f"{head}. {self.fix}" if self.fix else head
+        return f"{head}. {self.fix[:1].upper()}{self.fix[1:]}" if self.fix else head
 
 
 class ModelFileError(LlmcondError):

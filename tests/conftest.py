@@ -19,7 +19,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     has_oracle = _has_transformers_class("Gemma3TextModel")
     for item in items:
         if "oracle" in item.keywords and not has_oracle:
-            item.add_marker(pytest.mark.skip(reason="transformers in this environment has no oracle model classes"))
+            item.add_marker(
+                pytest.mark.skip(reason="transformers in this environment has no oracle model classes")
+            )
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 

@@ -1,13 +1,11 @@
-"""Per-family text paths: what text the LLM sees, which of its tokens reach the adapter, and how rows are batched.
+"""Per-family text paths: prompt -> token rows -> padded batches, exactly as the reference builds them.
 
-- Gemma-3 (causal, chat template, reference.md §3.1): the skip is the token count of the rendered system prefix,
-  computed from offsets; batches are right-padded so every real token sees exactly what it sees alone, positions
-  0..n-1; every token from the skip to the row's end goes to the adapter (which keeps the first 512), no mask.
-- T5Gemma (bidirectional encoder, §3.3): ``prompt + "<eos>"`` with the tokenizer's own ``<bos>``, truncated and padded
-  to 512 on the tokenizer's padding side, positions 0..L-1 over the padded row (as transformers' encoder numbers
-  them when no position ids are given), the whole row and its mask go to the adapter.
-- Qwen3 (§3.4, format UNVERIFIED): the caption as plain text, no template and no added tokens (Qwen adds none),
-  truncated to 256 tokens (the card's training length), right-padded, mask to the adapter.
+- Gemma-3 (causal): the chat template with the system prompt; the skip is the number of tokens of the rendered
+  system prefix (27 with the reference's system prompt on the real tokenizer), computed, never hard-coded.
+  Batches are padded on the right with positions 0..n-1, so every row sees exactly what it sees alone.
+- T5Gemma (bidirectional): ``<bos>`` + prompt + ``<eos>``, truncated and padded to 512 on the tokenizer's own
+  side, positions 0..511 as the reference's encoder uses them; the mask reaches the adapter.
+- Qwen3: the prompt alone (molbal's format is unverified; see the README), right padded, mask to the adapter.
 """
 
 from __future__ import annotations
@@ -23,207 +21,166 @@ GEMMA_SYSTEM_PROMPT = (
     "You are expert in understanding of user prompts for image generations. "
     "Create an image according to the prompt from user."
 )
-ADAPTER_MAX_TOKENS = 512
-T5GEMMA_MAX_LENGTH = 512
-QWEN_MAX_LENGTH = 256
+T5GEMMA_LENGTH = 512
 
-Span = tuple[int, int]
+Offset = tuple[int, int] | None
 
 
 @dataclass(frozen=True)
 class PromptTokens:
-    """One prompt, before padding."""
-
     ids: list[int]
-    offsets: list[Span | None]  # span in the *prompt* text; None for template tokens
-    adapter_start: int  # first token that reaches the adapter (the skip)
-    adapter_end: int  # one past the last token that reaches the adapter
-    total_prompt_tokens: int  # tokens of the user's prompt (for the counter / cut report)
-    # Filled by every path: prompt tokens the adapter reads (after its own cut), and the prompt span of the first
-    # prompt token it does not read (None when nothing is cut). For the counter and the cut report.
-    adapter_prompt_tokens: int = 0
-    cut_span: Span | None = None
+    offsets: list[Offset]  # span in the caller's prompt string; None for template tokens
+    adapter_start: int
+    adapter_end: int
+    total_prompt_tokens: int
 
 
 @dataclass
 class TokenBatch:
-    input_ids: torch.LongTensor  # [B, L]
-    attention_mask: torch.LongTensor  # [B, L], 1 = real token
-    position_ids: torch.LongTensor  # [B, L]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
     rows: list[PromptTokens]
-    adapter_slices: list[slice]  # per row, the positions of the LLM output that go to the adapter
-    adapter_mask: bool  # pass attention_mask[row, slice] to the adapter (T5Gemma) or ones (Gemma)
+    adapter_slices: list[slice]
+    adapter_mask: bool
+    adapter_left_pad: list[int] | None = (
+        None  # masked zero positions the adapter sees before each row's slice
+    )
 
 
 class TextPath(Protocol):
     def tokenize(self, prompt: str, tokenizer: Tokenizer) -> PromptTokens: ...
+
+    def adapter_offsets(self, row: PromptTokens, tokenizer: Tokenizer) -> list[Offset]:
+        """Offsets of the adapter's inputs in batch order (before the adapter's own cut to its budget)."""
+        ...
 
     def batch(
         self, rows: list[PromptTokens], tokenizer: Tokenizer, pad_to: int | None = None
     ) -> TokenBatch: ...
 
 
-def _to_prompt_spans(offsets: list[Span], start: int, stop: int, shift: int) -> list[Span | None]:
-    """Offsets in a rendered text -> spans in the caller's prompt. ``[start, stop)`` is where the (stripped) prompt
-    sits in the rendered text and ``shift`` is its index in the caller's string; tokens outside are None."""
-    out: list[Span | None] = []
-    for a, b in offsets:
-        lo, hi = max(a, start), min(b, stop)
-        out.append((lo - start + shift, hi - start + shift) if lo < hi else None)
+def _map_offsets(spans, start: int, end: int, shift: int) -> list[Offset]:
+    """Spans inside [start, end) of the rendered text, moved to prompt coordinates; None elsewhere."""
+    out: list[Offset] = []
+    for s, e in spans:
+        if s >= start and e <= end and e > s:
+            out.append((s - start + shift, e - start + shift))
+        elif s < end and e > start:  # a token straddling the template boundary
+            out.append((max(s, start) - start + shift, min(e, end) - start + shift))
+        else:
+            out.append(None)
     return out
 
 
-def _budget(offsets: list[Span | None], start: int, budget: int) -> tuple[int, Span | None]:
-    """(prompt tokens in ``offsets[start:start+budget]``, span of the first prompt token past it)."""
-    inside = sum(o is not None for o in offsets[start : start + budget])
-    cut = next((o for o in offsets[start + budget :] if o is not None), None)
-    return inside, cut
-
-
-def _pad_rows(
-    rows: list[PromptTokens], pad_id: int, side: str, length: int
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Padded ids, mask and each row's left pad count."""
+def _right_padded(
+    rows: list[PromptTokens], pad_id: int, pad_to: int | None, mask_to_adapter: bool
+) -> TokenBatch:
+    length = max(len(r.ids) for r in rows)
+    if pad_to is not None:
+        length = max(length, pad_to)
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
-    lefts = []
-    for r, row in enumerate(rows):
-        n = len(row.ids)
-        left = length - n if side == "left" else 0
-        ids[r, left : left + n] = torch.tensor(row.ids, dtype=torch.long)
-        mask[r, left : left + n] = 1
-        lefts.append(left)
-    return ids, mask, lefts
-
-
-def _check_pad_to(rows: list[PromptTokens], pad_to: int | None) -> int:
-    longest = max((len(r.ids) for r in rows), default=0)
-    if pad_to is None:
-        return longest
-    if pad_to < longest:
-        raise ValueError(f"pad_to={pad_to} is shorter than the longest row ({longest} tokens)")
-    return pad_to
+    for i, r in enumerate(rows):
+        ids[i, : len(r.ids)] = torch.tensor(r.ids, dtype=torch.long)
+        mask[i, : len(r.ids)] = 1
+    positions = torch.arange(length).expand(len(rows), length).clone()
+    slices = [slice(r.adapter_start, r.adapter_end) for r in rows]
+    return TokenBatch(ids, mask, positions, rows, slices, mask_to_adapter)
 
 
 @dataclass(frozen=True)
 class GemmaChatPath:
-    """Gemma-3 chat template with a system prompt; the skip is computed, never a constant."""
-
     system_prompt: str = GEMMA_SYSTEM_PROMPT
-    max_adapter_tokens: int = ADAPTER_MAX_TOKENS
 
+    @property
     def prefix(self) -> str:
         return f"<bos><start_of_turn>user\n{self.system_prompt}\n\n"
 
-    @staticmethod
-    def suffix() -> str:
-        return "<end_of_turn>\n<start_of_turn>model\n"
-
-    def render(self, prompt: str) -> str:
-        return self.prefix() + prompt.strip() + self.suffix()
+    suffix = "<end_of_turn>\n<start_of_turn>model\n"
 
     def tokenize(self, prompt: str, tokenizer: Tokenizer) -> PromptTokens:
         stripped = prompt.strip()
         lead = len(prompt) - len(prompt.lstrip())
-        start = len(self.prefix())
-        enc = tokenizer.encode(self.prefix() + stripped + self.suffix())
-        skip = sum(1 for _, b in enc.offsets if b <= start)
-        offsets = _to_prompt_spans(enc.offsets, start, start + len(stripped), lead)
-        inside, cut = _budget(offsets, skip, self.max_adapter_tokens)
-        return PromptTokens(
-            ids=enc.ids,
-            offsets=offsets,
-            adapter_start=skip,
-            adapter_end=len(enc.ids),
-            total_prompt_tokens=sum(o is not None for o in offsets),
-            adapter_prompt_tokens=inside,
-            cut_span=cut,
-        )
+        prefix = self.prefix
+        enc = tokenizer.encode(prefix + stripped + self.suffix)
+        start, end = len(prefix), len(prefix) + len(stripped)
+        skip = sum(1 for s, _ in enc.offsets if s < start)
+        offsets = _map_offsets(enc.offsets, start, end, lead)
+        offsets[:skip] = [None] * skip
+        n_prompt = sum(o is not None for o in offsets)
+        return PromptTokens(enc.ids, offsets, skip, len(enc.ids), n_prompt)
 
     def batch(self, rows: list[PromptTokens], tokenizer: Tokenizer, pad_to: int | None = None) -> TokenBatch:
-        length = _check_pad_to(rows, pad_to)
-        ids, mask, _ = _pad_rows(rows, tokenizer.pad_id, "right", length)
-        positions = torch.arange(length, dtype=torch.long).expand(len(rows), length).clone()
-        slices = [slice(r.adapter_start, r.adapter_end) for r in rows]
-        return TokenBatch(ids, mask, positions, list(rows), slices, adapter_mask=False)
+        return _right_padded(rows, tokenizer.pad_id, pad_to, mask_to_adapter=False)
+
+    def adapter_offsets(self, row: PromptTokens, tokenizer: Tokenizer) -> list[Offset]:
+        return list(row.offsets[row.adapter_start : row.adapter_end])
 
 
 @dataclass(frozen=True)
 class T5GemmaPath:
-    """REF's T5Gemma call: ``tokenizer(prompt + "<eos>", padding="max_length", max_length=512, truncation=True)``."""
-
-    max_length: int = T5GEMMA_MAX_LENGTH
+    length: int = T5GEMMA_LENGTH
 
     def tokenize(self, prompt: str, tokenizer: Tokenizer) -> PromptTokens:
         enc = tokenizer.encode(prompt + "<eos>")
-        head = [tokenizer.bos_id] if tokenizer.add_bos else []
-        tail = [tokenizer.eos_id] if tokenizer.add_eos else []
-        room = self.max_length - len(head) - len(tail)
-        body_ids, body_offsets = enc.ids[:room], enc.offsets[:room]
-        prompt_spans = _to_prompt_spans(enc.offsets, 0, len(prompt), 0)
-        kept = _to_prompt_spans(body_offsets, 0, len(prompt), 0)
-        ids = head + body_ids + tail
-        offsets = [None] * len(head) + kept + [None] * len(tail)
-        inside, cut = _budget(prompt_spans, 0, room)
-        return PromptTokens(
-            ids=[int(i) for i in ids],  # type: ignore[misc]
-            offsets=offsets,
-            adapter_start=0,
-            adapter_end=len(ids),
-            total_prompt_tokens=sum(o is not None for o in prompt_spans),
-            adapter_prompt_tokens=inside,
-            cut_span=cut,
-        )
+        ids, offsets = list(enc.ids), _map_offsets(enc.offsets, 0, len(prompt), 0)
+        if tokenizer.special.add_bos and tokenizer.bos_id is not None:
+            ids, offsets = [tokenizer.bos_id, *ids], [None, *offsets]
+        n_prompt = sum(o is not None for o in offsets)
+        return PromptTokens(ids, offsets, 0, len(ids), n_prompt)  # truncated to 512 in batch()
 
     def batch(self, rows: list[PromptTokens], tokenizer: Tokenizer, pad_to: int | None = None) -> TokenBatch:
-        length = _check_pad_to(rows, pad_to if pad_to is not None else self.max_length)
-        side = tokenizer.padding_side
-        ids, mask, _ = _pad_rows(rows, tokenizer.pad_id, side, length)
-        positions = torch.arange(length, dtype=torch.long).expand(len(rows), length).clone()
-        slices = [slice(0, length) for _ in rows]
-        return TokenBatch(ids, mask, positions, list(rows), slices, adapter_mask=True)
+        """The reference pads every prompt to 512 on the tokenizer's side and masks the padding. Masked
+        positions never reach a real token (bidirectional attention masks them as keys, and so does the
+        adapter), so only the real tokens are run, at the positions the padded layout gives them; the adapter
+        sees the same 512-long layout with masked zeros where the padding was."""
+        n = len(rows)
+        kept = [min(len(r.ids), self.length) for r in rows]
+        longest = max(max(kept), pad_to or 0)
+        ids = torch.full((n, longest), tokenizer.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, longest), dtype=torch.long)
+        positions = torch.zeros((n, longest), dtype=torch.long)
+        left = tokenizer.padding_side == "left"
+        pads = []
+        for i, (r, k) in enumerate(zip(rows, kept)):
+            ids[i, :k] = torch.tensor(r.ids[:k], dtype=torch.long)
+            mask[i, :k] = 1
+            start = self.length - k if left else 0
+            positions[i] = torch.arange(start, start + longest)
+            pads.append(start)
+        slices = [slice(0, k) for k in kept]
+        return TokenBatch(ids, mask, positions, rows, slices, adapter_mask=True, adapter_left_pad=pads)
+
+    def adapter_offsets(self, row: PromptTokens, tokenizer: Tokenizer) -> list[Offset]:
+        """Offsets of the 512 adapter inputs (padding included) in batch order."""
+        kept = list(row.offsets[: self.length])
+        pad = [None] * (self.length - len(kept))
+        return pad + kept if tokenizer.padding_side == "left" else kept + pad
 
 
 @dataclass(frozen=True)
-class QwenPlainPath:
-    """ASSUMED Qwen3 format (molbal's card does not say): the caption as plain text, no template, no added tokens,
-    at most 256 tokens, right padding, mask to the adapter. Replace when the training code is known."""
-
-    max_length: int = QWEN_MAX_LENGTH
+class PlainPath:
+    """The prompt alone (Qwen3 + Perceiver resampler: format unverified), right padded, mask to the adapter."""
 
     def tokenize(self, prompt: str, tokenizer: Tokenizer) -> PromptTokens:
         enc = tokenizer.encode(prompt)
-        offsets = _to_prompt_spans(enc.offsets, 0, len(prompt), 0)
-        kept = min(len(enc.ids), self.max_length)
-        inside, cut = _budget(offsets, 0, kept)
-        return PromptTokens(
-            ids=enc.ids[:kept],
-            offsets=offsets[:kept],
-            adapter_start=0,
-            adapter_end=kept,
-            total_prompt_tokens=sum(o is not None for o in offsets),
-            adapter_prompt_tokens=inside,
-            cut_span=cut,
-        )
+        offsets: list[Offset] = list(enc.offsets)
+        if not enc.ids:  # an empty prompt still needs one position
+            eos = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.pad_id
+            return PromptTokens([eos], [None], 0, 1, 0)
+        return PromptTokens(list(enc.ids), offsets, 0, len(enc.ids), len(enc.ids))
 
     def batch(self, rows: list[PromptTokens], tokenizer: Tokenizer, pad_to: int | None = None) -> TokenBatch:
-        length = _check_pad_to(rows, pad_to)
-        ids, mask, _ = _pad_rows(rows, tokenizer.pad_id, "right", length)
-        positions = torch.arange(length, dtype=torch.long).expand(len(rows), length).clone()
-        slices = [slice(0, len(r.ids)) for r in rows]
-        return TokenBatch(ids, mask, positions, list(rows), slices, adapter_mask=True)
+        return _right_padded(rows, tokenizer.pad_id, pad_to, mask_to_adapter=True)
+
+    def adapter_offsets(self, row: PromptTokens, tokenizer: Tokenizer) -> list[Offset]:
+        return list(row.offsets[row.adapter_start : row.adapter_end])
 
 
-FAMILIES = ("gemma3", "t5gemma", "qwen3")
-
-
-def text_path_for(family: str, system_prompt: str | None = None) -> TextPath:
-    """The text path of a model family ("gemma3", "t5gemma" or "qwen3"). ``system_prompt`` (None: the reference's)
-    is used by the Gemma-3 chat template only; the other families have no system prompt and ignore it."""
+def text_path(family: str, system_prompt: str | None = None) -> TextPath:
     if family == "gemma3":
-        return GemmaChatPath() if system_prompt is None else GemmaChatPath(system_prompt=system_prompt)
+        return GemmaChatPath(system_prompt if system_prompt is not None else GEMMA_SYSTEM_PROMPT)
     if family == "t5gemma":
         return T5GemmaPath()
-    if family == "qwen3":
-        return QwenPlainPath()
-    raise ValueError(f"unknown text family {family!r}; expected one of {', '.join(FAMILIES)}")
+    return PlainPath()

@@ -1,293 +1,318 @@
-"""One tokenizer interface over `tokenizers` (tokenizer.json), `sentencepiece` (tokenizer.model) and byte-level BPE
-vocabularies (vocab.json + merges.txt).
+"""One tokenizer interface over ``tokenizers`` (tokenizer.json), ``sentencepiece`` (tokenizer.model) and byte-level
+BPE vocabularies (vocab.json + merges.txt, rebuilt with ``tokenizers`` parts; Qwen).
 
-Offsets are character spans (``str`` indices) of the input text. One character may be split over several tokens
-(byte-fallback pieces of SentencePiece, byte-level BPE pieces of Qwen): every such token then carries the span of the
-whole character, so spans of neighbouring tokens may overlap but never point inside a character and never are empty
-for a token that stands for text. Special tokens written in the text (``<bos>``, ``<start_of_turn>``,
-``<|im_start|>``...) become their ids and carry the span of their text. ``encode`` never adds special tokens; use
-``add_bos``/``add_eos`` for what the tokenizer would add by itself.
+Special tokens written in the text (``<bos>``, ``<start_of_turn>``...) become their ids; nothing is added
+implicitly. Offsets are character spans of the input string: every piece of a multi-byte character
+(SentencePiece byte fallback, byte-level BPE) carries the whole character's span, so neighbouring spans may
+overlap but never split a character and are never empty.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from lib_llmcond.errors import ModelFileError
 
 Span = tuple[int, int]
 
-_FIX = (
-    "Put the model's tokenizer files (tokenizer.json, or tokenizer.model, or vocab.json + merges.txt, with "
-    "tokenizer_config.json) next to its weights, as downloaded from the model's page"
-)
-
 
 @dataclass(frozen=True)
 class TokenizedText:
     ids: list[int]
-    offsets: list[Span]  # character spans in the input text
+    offsets: list[Span]
 
 
-class _Backend(Protocol):
-    vocab_size: int
+@dataclass(frozen=True)
+class SpecialTokens:
+    bos: str | None = None
+    eos: str | None = None
+    pad: str | None = None
+    padding_side: str = "left"
+    add_bos: bool = False  # whether the model's own tokenizer adds <bos> to plain calls (T5Gemma path)
 
-    def encode(self, text: str) -> tuple[list[int], list[Span]]: ...
 
+class Tokenizer(ABC):
+    """Text -> ids with offsets. Subclasses implement :meth:`_encode_plain` and :meth:`token_id`."""
+
+    kind: str  # "tokenizers" | "sentencepiece" | "bytelevel-bpe": which files were read
+
+    def __init__(self, special: SpecialTokens, special_strings: list[str]) -> None:
+        self.special = special
+        self._by_first: dict[str, list[str]] = {}
+        for token in sorted({s for s in special_strings if s}, key=len, reverse=True):
+            self._by_first.setdefault(token[0], []).append(token)
+        self.padding_side = special.padding_side
+
+    @abstractmethod
+    def _encode_plain(self, text: str) -> TokenizedText: ...
+
+    @abstractmethod
     def token_id(self, token: str) -> int | None: ...
 
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
 
-class Tokenizer:
-    """A loaded tokenizer. Build it with :func:`load_tokenizer`."""
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.token_id(token)
 
-    def __init__(self, backend: _Backend, config: dict, *, directory: Path, kind: str) -> None:
-        self._backend = backend
-        self.directory = directory
-        self.kind = kind  # "tokenizers" | "sentencepiece" | "bytelevel-bpe"
-        self.vocab_size = backend.vocab_size
-        self.bos_id = self._special_id(config, "bos_token")
-        self.eos_id = self._special_id(config, "eos_token")
-        self.unk_id = self._special_id(config, "unk_token")
-        pad = self._special_id(config, "pad_token")
-        self.pad_id: int = pad if pad is not None else (self.eos_id if self.eos_id is not None else 0)
-        self.padding_side: str = config.get("padding_side") or "right"
-        self.add_bos: bool = _adds(config, "add_bos_token", directory) and self.bos_id is not None
-        self.add_eos: bool = _adds(config, "add_eos_token", directory) and self.eos_id is not None
+    @property
+    def bos_id(self) -> int | None:
+        return self._id(self.special.bos)
 
-    def _special_id(self, config: dict, key: str) -> int | None:
-        """From the config files, else from the model file itself (SentencePiece records bos/eos/pad/unk)."""
-        value = config.get(key)
-        if isinstance(value, dict):
-            value = value.get("content")
-        if isinstance(value, str):
-            return self.token_id(value)
-        return getattr(self._backend, "model_specials", {}).get(key)
+    @property
+    def eos_id(self) -> int | None:
+        return self._id(self.special.eos)
+
+    @property
+    def pad_id(self) -> int:
+        pad = self._id(self.special.pad)
+        return pad if pad is not None else (self.eos_id or 0)
+
+    def _split_specials(self, text: str) -> list[str]:
+        """[plain, special, plain, special, ..., plain]: special strings leftmost-longest, like ``re.split`` with
+        one group, but indexed by first character (real Gemma files declare thousands of added tokens)."""
+        out, start, i = [], 0, 0
+        while i < len(text):
+            candidates = self._by_first.get(text[i])
+            match = next((t for t in candidates if text.startswith(t, i)), None) if candidates else None
+            if match is None:
+                i += 1
+                continue
+            out += [text[start:i], match]
+            i = start = i + len(match)
+        out.append(text[start:])
+        return out
 
     def encode(self, text: str) -> TokenizedText:
-        ids, offsets = self._backend.encode(text)
-        return TokenizedText(ids=list(ids), offsets=[(int(a), int(b)) for a, b in offsets])
-
-    def token_id(self, token: str) -> int | None:
-        return self._backend.token_id(token)
-
-    def __repr__(self) -> str:
-        return (
-            f"Tokenizer({self.kind}, {self.directory}, vocab={self.vocab_size}, pad side={self.padding_side})"
-        )
-
-
-def _adds(config: dict, key: str, directory: Path) -> bool:
-    """Whether the tokenizer adds bos/eos by itself: tokenizer_config.json, else the default of its transformers
-    class (Gemma/Llama tokenizers add <bos>), else the post-processor template of tokenizer.json."""
-    if key in config:
-        return bool(config[key])
-    if key == "add_bos_token" and any(
-        n in str(config.get("tokenizer_class", "")) for n in ("Gemma", "Llama")
-    ):
-        return True
-    path = directory / "tokenizer.json"
-    if not path.is_file():
-        return False
-    try:
-        post = json.loads(path.read_text(encoding="utf-8")).get("post_processor") or {}
-    except (OSError, ValueError):
-        return False
-    single = post.get("single") or []
-    ends = single[:1] if key == "add_bos_token" else single[-1:]
-    return any("SpecialToken" in item for item in ends)
+        ids: list[int] = []
+        offsets: list[Span] = []
+        pieces = self._split_specials(text)
+        pos = 0
+        for i, piece in enumerate(pieces):
+            if not piece:
+                continue
+            special = self.token_id(piece) if i % 2 == 1 else None
+            if special is not None:
+                ids.append(special)
+                offsets.append((pos, pos + len(piece)))
+            else:
+                enc = self._encode_plain(piece)
+                ids.extend(enc.ids)
+                offsets.extend((pos + s, pos + e) for s, e in enc.offsets)
+            pos += len(piece)
+        return TokenizedText(ids, offsets)
 
 
-# --- backends -------------------------------------------------------------------------------------------------
+class HFTokenizer(Tokenizer):
+    """A ``tokenizer.json`` through the ``tokenizers`` package (or a byte-level BPE rebuilt from its parts)."""
 
+    def __init__(self, backend: Any, special: SpecialTokens, kind: str = "tokenizers") -> None:
+        self._tok = backend
+        self.kind = kind
+        added = [t.content for t in _added_tokens(backend)]
+        super().__init__(special, added + [s for s in (special.bos, special.eos, special.pad) if s])
 
-class _TokenizersBackend:
-    """`tokenizers.Tokenizer`; it splits out added/special tokens itself and reports character offsets."""
-
-    def __init__(self, tok) -> None:  # tok: tokenizers.Tokenizer
-        self._tok = tok
-        self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
-
-    def encode(self, text: str) -> tuple[list[int], list[Span]]:
+    def _encode_plain(self, text: str) -> TokenizedText:
         enc = self._tok.encode(text, add_special_tokens=False)
-        return list(enc.ids), list(enc.offsets)
+        return TokenizedText(list(enc.ids), [tuple(o) for o in enc.offsets])
 
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))
 
-class _SentencePieceBackend:
-    """`sentencepiece` with special tokens split out first (SentencePiece does not read control tokens in text)."""
 
-    def __init__(self, sp, specials: dict[str, int]) -> None:
-        self._sp = sp
-        self.vocab_size = sp.get_piece_size()
-        self._specials = specials
-        self._by_first = _index_by_first_char(specials)
-        ids = {
-            "bos_token": sp.bos_id(),
-            "eos_token": sp.eos_id(),
-            "pad_token": sp.pad_id(),
-            "unk_token": sp.unk_id(),
-        }
-        self.model_specials = {k: v for k, v in ids.items() if v >= 0}
+def _added_tokens(backend: Any) -> list[Any]:
+    try:
+        return list(backend.get_added_tokens_decoder().values())
+    except AttributeError:  # tokenizers < 0.14: read them from the serialized form
+        data = json.loads(backend.to_str())
+
+        class _T:
+            def __init__(self, content: str) -> None:
+                self.content = content
+
+        return [_T(t["content"]) for t in data.get("added_tokens", [])]
+
+
+class SPTokenizer(Tokenizer):
+    """A SentencePiece ``tokenizer.model``; user-defined and control symbols are matched in the text."""
+
+    def __init__(self, processor: Any, special: SpecialTokens, user_defined: list[str] | None = None) -> None:
+        self._sp = processor
+        self.kind = "sentencepiece"
+        controls = [
+            processor.id_to_piece(i)
+            for i in range(processor.get_piece_size())
+            if processor.is_control(i) or processor.is_unknown(i)
+        ]
+        super().__init__(special, controls + list(user_defined or []))
+
+    def _encode_plain(self, text: str) -> TokenizedText:
+        try:
+            proto = self._sp.encode_as_proto(text)
+        except ImportError:  # sentencepiece's proto output needs protobuf; walk the pieces instead
+            return self._encode_by_pieces(text)
+        byte_to_char = _byte_to_char(text)
+        ids, offsets = [], []
+        for piece in proto.pieces:
+            ids.append(piece.id)
+            start = byte_to_char[piece.begin]
+            end = byte_to_char[piece.end] if piece.end > piece.begin else start
+            if end == start and piece.end > piece.begin:
+                end = start + 1  # a byte-fallback piece inside one multi-byte character
+            offsets.append((start, max(end, start)))
+        return TokenizedText(ids, _widen_byte_pieces(offsets))
+
+    def _encode_by_pieces(self, text: str) -> TokenizedText:
+        ids = list(self._sp.encode(text, out_type=int))
+        offsets: list[Span] = []
+        pos, pending = 0, b""
+        for i in ids:
+            piece = self._sp.id_to_piece(i)
+            if self._sp.is_byte(i):
+                pending += bytes([int(piece[3:-1], 16)])
+                char_len = _utf8_len(pending[0])
+                offsets.append((pos, pos + 1))
+                if len(pending) >= char_len:
+                    pos, pending = pos + 1, b""
+                continue
+            surface = piece.replace("\u2581", " ")
+            n = len(surface) if text.startswith(surface, pos) else max(1, len(surface))
+            offsets.append((pos, min(pos + n, len(text))))
+            pos += n
+        return TokenizedText(ids, offsets)
 
     def token_id(self, token: str) -> int | None:
-        if token in self._specials:
-            return self._specials[token]
         i = self._sp.piece_to_id(token)
-        return None if i == self._sp.unk_id() and token != self._sp.id_to_piece(i) else i
+        if i == self._sp.unk_id() and token != self._sp.id_to_piece(i):
+            return None
+        return int(i)
 
-    def encode(self, text: str) -> tuple[list[int], list[Span]]:
-        ids: list[int] = []
-        offsets: list[Span] = []
-        pos = 0
-        for start, token in _find_specials(text, self._by_first):
-            self._encode_plain(text[pos:start], pos, ids, offsets)
-            ids.append(self._specials[token])
-            offsets.append((start, start + len(token)))
-            pos = start + len(token)
-        self._encode_plain(text[pos:], pos, ids, offsets)
-        return ids, offsets
-
-    def _encode_plain(self, text: str, base: int, ids: list[int], offsets: list[Span]) -> None:
-        if not text:
-            return
-        starts = _char_starts_by_byte(text)
-        for piece in _sp_pieces(self._sp, text):
-            a, b = piece.begin, piece.end
-            first = starts[a] if a < len(starts) else len(text)
-            last = _char_end(starts, b - 1) if b > a else first + 1
-            ids.append(piece.id)
-            offsets.append((base + first, base + min(last, len(text))))
+    @property
+    def vocab_size(self) -> int:
+        return int(self._sp.get_piece_size())
 
 
-def _index_by_first_char(tokens) -> dict[str, list[str]]:
-    """Special tokens grouped by first character, longest first (real Gemma files have thousands of them)."""
-    index: dict[str, list[str]] = {}
-    for token in sorted(tokens, key=len, reverse=True):
-        index.setdefault(token[0], []).append(token)
-    return index
+def _with_model_specials(special: SpecialTokens, proc: Any) -> SpecialTokens:
+    """bos/eos/pad that the config files do not name, taken from the SentencePiece model itself."""
+    found = {}
+    for name, i in (("bos", proc.bos_id()), ("eos", proc.eos_id()), ("pad", proc.pad_id())):
+        if getattr(special, name) is None and i >= 0:
+            found[name] = proc.id_to_piece(i)
+    return replace(special, **found) if found else special
 
 
-def _find_specials(text: str, by_first: dict[str, list[str]]):
-    """(start, token) of special tokens in ``text``, leftmost-longest, non-overlapping."""
-    i = 0
-    while i < len(text):
-        match = next((t for t in by_first.get(text[i], ()) if text.startswith(t, i)), None)
-        if match:
-            yield i, match
-            i += len(match)
-        else:
-            i += 1
+def _user_defined_pieces(model: bytes) -> list[str]:
+    """User-defined pieces (``<start_of_turn>``...): `sentencepiece` has no query for them, so they are read from
+    the model file itself."""
+    from lib_llmcond.text.spm_model import USER_DEFINED, piece_types
+
+    return [piece for piece, kind in piece_types(model) if kind == USER_DEFINED]
 
 
-def _sp_pieces(sp, text: str):
+def _byte_to_char(text: str) -> list[int]:
+    """Map each UTF-8 byte index (and the end) to the index of the character containing it."""
+    table = []
+    for ci, ch in enumerate(text):
+        table.extend([ci] * len(ch.encode("utf-8")))
+    table.append(len(text))
+    return table
+
+
+def _utf8_len(first: int) -> int:
+    return 1 if first < 0x80 else 2 if first < 0xE0 else 3 if first < 0xF0 else 4
+
+
+def _widen_byte_pieces(offsets: list[Span]) -> list[Span]:
+    return [(s, e) if e > s else (s, s + 1) for s, e in offsets]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return sp.encode(text, out_type="proto").pieces
-    except (TypeError, ValueError):  # sentencepiece < 0.2
-        return sp.encode(text, out_type="immutable_proto").pieces
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise ModelFileError(
+            f"unreadable JSON ({e})", path=path, fix="re-download the tokenizer files"
+        ) from e
 
 
-def _char_starts_by_byte(text: str) -> list[int]:
-    """For each UTF-8 byte of ``text``, the index of the character it belongs to."""
-    out: list[int] = []
-    for i, ch in enumerate(text):
-        out.extend([i] * len(ch.encode("utf-8")))
-    return out
+def _token_text(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
 
 
-def _char_end(starts: list[int], last_byte: int) -> int:
-    return starts[min(last_byte, len(starts) - 1)] + 1
+def read_special_tokens(directory: Path) -> SpecialTokens:
+    cfg = _read_json(directory / "tokenizer_config.json")
+    smap = _read_json(directory / "special_tokens_map.json")
+
+    def pick(name: str, default: str | None) -> str | None:
+        return _token_text(cfg.get(f"{name}_token")) or _token_text(smap.get(f"{name}_token")) or default
+
+    return SpecialTokens(
+        bos=pick("bos", None),
+        eos=pick("eos", None),
+        pad=pick("pad", None),
+        padding_side=str(cfg.get("padding_side", "left")),
+        add_bos=bool(cfg.get("add_bos_token", False)),
+    )
 
 
-# --- loading --------------------------------------------------------------------------------------------------
-
-
-def load_tokenizer(directory: Path | str) -> Tokenizer:
-    """Load the tokenizer of a model directory: tokenizer.json through `tokenizers` when the installed version can
-    read it, else tokenizer.model through `sentencepiece`, else a byte-level BPE vocabulary (vocab.json +
-    merges.txt, or the vocabulary inside a tokenizer.json that `tokenizers` could not read)."""
+def load_tokenizer(directory: str | Path) -> Tokenizer:
+    """``tokenizer.json`` when the installed ``tokenizers`` reads it, else ``tokenizer.model``."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise ModelFileError("tokenizer directory not found", path=directory, fix=_FIX)
-    config = _read_config(directory)
-    errors: list[str] = []
-    for kind, build in (
-        ("tokenizers", _try_tokenizers),
-        ("sentencepiece", _try_sentencepiece),
-        ("bytelevel-bpe", _try_bytelevel),
-    ):
+    special = read_special_tokens(directory)
+    errors = []
+    if (directory / "tokenizer.json").is_file():
         try:
-            backend = build(directory, config)
-        except Exception as exc:  # an unreadable file of one kind: try the next kind
-            errors.append(f"{kind}: {type(exc).__name__}: {exc}")
-            continue
-        if backend is not None:
-            return Tokenizer(backend, config, directory=directory, kind=kind)
-    why = "; ".join(errors) if errors else "no tokenizer.json, tokenizer.model or vocab.json + merges.txt"
-    raise ModelFileError(f"no readable tokenizer ({why})", path=directory, fix=_FIX)
+            from tokenizers import Tokenizer as Backend
 
+            return HFTokenizer(Backend.from_file(str(directory / "tokenizer.json")), special)
+        except Exception as e:  # an older tokenizers cannot parse newer files
+            errors.append(f"tokenizer.json: {e}")
+    if (directory / "tokenizer.model").is_file():
+        try:
+            import sentencepiece as spm
 
-def _read_json(path: Path) -> dict:
+            data = (directory / "tokenizer.model").read_bytes()
+            proc = spm.SentencePieceProcessor()
+            proc.LoadFromSerializedProto(data)
+            return SPTokenizer(proc, _with_model_specials(special, proc), _user_defined_pieces(data))
+        except Exception as e:
+            errors.append(f"tokenizer.model: {e}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelFileError(f"cannot read JSON ({exc})", path=path, fix=_FIX) from exc
+        bytelevel = _load_bytelevel(directory)
+    except Exception as e:
+        bytelevel = None
+        errors.append(f"byte-level BPE: {e}")
+    if bytelevel is not None:
+        return HFTokenizer(bytelevel, special, kind="bytelevel-bpe")
+    detail = "; ".join(errors) if errors else "no tokenizer.json, tokenizer.model or vocab.json + merges.txt"
+    raise ModelFileError(
+        f"no usable tokenizer ({detail})",
+        path=directory,
+        fix="copy the model's tokenizer files (tokenizer.json, tokenizer.model or vocab.json + merges.txt, "
+        "with tokenizer_config.json) into this folder",
+    )
 
 
-def _read_config(directory: Path) -> dict:
-    """tokenizer_config.json with special_tokens_map.json filling what it lacks."""
-    config: dict = {}
-    smap = directory / "special_tokens_map.json"
-    if smap.is_file():
-        config.update(_read_json(smap))
-    tcfg = directory / "tokenizer_config.json"
-    if tcfg.is_file():
-        config.update({k: v for k, v in _read_json(tcfg).items() if v is not None})
-    return config
-
-
-def _added_tokens(config: dict) -> list[dict]:
-    """Added tokens of tokenizer_config.json (``added_tokens_decoder``) as dicts with id, content, flags."""
-    decoder = config.get("added_tokens_decoder") or {}
-    return [dict(v, id=int(k)) for k, v in sorted(decoder.items(), key=lambda kv: int(kv[0]))]
-
-
-def _try_tokenizers(directory: Path, config: dict) -> _Backend | None:
-    path = directory / "tokenizer.json"
-    if not path.is_file():
-        return None
-    from tokenizers import Tokenizer as HFTokenizer
-
-    return _TokenizersBackend(HFTokenizer.from_file(str(path)))
-
-
-def _try_sentencepiece(directory: Path, config: dict) -> _Backend | None:
-    path = directory / "tokenizer.model"
-    if not path.is_file():
-        return None
-    import sentencepiece as spm
-
-    from lib_llmcond.text.spm_model import CONTROL, UNKNOWN, USER_DEFINED, piece_types
-
-    data = path.read_bytes()
-    sp = spm.SentencePieceProcessor()
-    sp.load_from_serialized_proto(data)
-    specials = {p: i for i, (p, t) in enumerate(piece_types(data)) if t in (CONTROL, UNKNOWN, USER_DEFINED)}
-    for tok in _added_tokens(config):
-        specials[tok["content"]] = tok["id"]
-    return _SentencePieceBackend(sp, {k: v for k, v in specials.items() if k})
-
-
-def _try_bytelevel(directory: Path, config: dict) -> _Backend | None:
+def _load_bytelevel(directory: Path) -> Any | None:
+    """A byte-level BPE (Qwen) rebuilt from vocab.json + merges.txt, or from a tokenizer.json that the installed
+    `tokenizers` could not read; None when the folder has neither."""
     from lib_llmcond.text.bytelevel import build_bytelevel_tokenizer, read_bytelevel_files
 
     found = read_bytelevel_files(directory)
     if found is None:
         return None
     vocab, merges, pattern, added = found
-    added = added + _added_tokens(config)
-    return _TokenizersBackend(build_bytelevel_tokenizer(vocab, merges, added, pattern=pattern))
+    decoder = _read_json(directory / "tokenizer_config.json").get("added_tokens_decoder") or {}
+    added = added + [dict(v, id=int(k)) for k, v in decoder.items()]
+    return build_bytelevel_tokenizer(vocab, merges, added, pattern=pattern)

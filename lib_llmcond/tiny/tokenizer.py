@@ -1,156 +1,114 @@
-"""TINY TEST TOKENIZER: a small Gemma-like SentencePiece BPE trained in about a second, no network.
+"""A TINY Gemma-like SentencePiece tokenizer trained on the spot (about a second, no download).
 
-It mimics what matters of the real Gemma tokenizer: byte fallback, ids pad 0 / eos 1 / bos 2 / unk 3, the turn
-markers as single tokens, no dummy prefix, identity normalization, whitespace kept, left padding. It is NOT the real
-Gemma vocabulary. With ``prefix27=True`` the default system prompt's words are whole tokens, so the rendered Gemma-3
-system prefix is 27 tokens as on the real tokenizer.
+Byte fallback, Gemma's special ids (pad 0, eos 1, bos 2, unk 3), ``<start_of_turn>``/``<end_of_turn>``, no dummy
+prefix, whitespace kept. With ``prefix27=True`` the training text makes every word of the reference's system
+prompt a single piece, so the default Gemma-3 system prefix is exactly 27 tokens, as with the real tokenizer.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import random
 from pathlib import Path
 
-GEMMA_SPECIALS = {"pad": "<pad>", "eos": "<eos>", "bos": "<bos>", "unk": "<unk>"}
-TURN_TOKENS = ("<start_of_turn>", "<end_of_turn>")
-# Newline runs are single tokens in Gemma; SentencePiece trains line by line, so they are declared here.
-NEWLINE_TOKENS = ("\n", "\n\n")
-CONTROL_TOKENS = ("<mask>",)
+from lib_llmcond.text.paths import GEMMA_SYSTEM_PROMPT
 
-_WORDS_TEXT = (
-    "a girl boy cat dog house tree sky cloud river mountain city street night day light dark red blue green yellow "
-    "white black long short hair eyes dress shirt hat smile standing sitting running holding looking at the viewer "
-    "with and in on of under over near behind beside masterpiece best quality high detailed portrait landscape "
-    "painting photo style anime sunset rain snow flower garden window room table chair book cup sword magic forest "
-    "ocean beach sand wave moon star fire water wind small large old young happy sad bright soft warm cold"
-)
-_WORDS = tuple(_WORDS_TEXT.split())
-_SYSTEM_SENTENCES = (
-    "You are expert in understanding of user prompts for image generations.",
-    "Create an image according to the prompt from user.",
+GEMMA_SPECIALS = ["<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "\n\n", "\n"]
+
+_WORDS = (
+    "a girl with long silver hair stands in a field of flowers under a blue sky, looking at the viewer. "
+    "masterpiece, best quality, 1girl, solo, red dress, smile, outdoors, night sky, stars, city lights. "
+    "## Character 1\nA knight in shining armor holds a sword.\n## Scene\nA castle on a hill at sunset. "
+    "The cat sleeps on the window sill; rain falls outside. Two friends share an umbrella in Tokyo. "
+    "Portrait of an old man, oil painting, dramatic lighting, 85mm, bokeh, highly detailed, 4k. "
+    "Красивый закат над морем. 夕焼けの海と猫。 Un chat noir sur un toit. Émilie à côté de l'église. "
 )
 
 
 def _corpus(prefix27: bool) -> list[str]:
-    rng = random.Random(1234)
-    lines = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12))) for _ in range(400)]
-    lines += [w for w in _WORDS for _ in range(3)]
-    lines += ["user", "model"] * 50
-    lines += [", ".join(rng.choice(_WORDS) for _ in range(6)) + "." for _ in range(100)]
-    lines += ["1girl, 2boys, 1024 x 768, 3 cats", "Hello world!", "Élan café naïve"] * 5
+    lines = [_WORDS] * 20
     if prefix27:
-        lines += list(_SYSTEM_SENTENCES) * 60
-        lines += [" ".join(_SYSTEM_SENTENCES)] * 60
+        lines += [f"user\n{GEMMA_SYSTEM_PROMPT}\n\n"] * 200
+        lines += [" ".join(GEMMA_SYSTEM_PROMPT.split()) + " user model"] * 200
+        lines += ["model\n"] * 200  # the trailer's "model" is one token too (5 trailer tokens, like Gemma-3)
     return lines
 
 
-def train_tiny_gemma_spm(*, vocab_size: int = 1000, prefix27: bool = False) -> bytes:
-    """The serialized SentencePiece model (deterministic for the same arguments). ``vocab_size`` is an upper
-    bound (the corpus yields about 1130 pieces at most); below about 310 the byte pieces do not fit."""
+def write_tiny_gemma_tokenizer(
+    directory: str | Path, *, vocab_size: int = 512, prefix27: bool = False
+) -> Path:
+    """Write ``tokenizer.model``, ``tokenizer_config.json`` and ``special_tokens_map.json`` into ``directory``."""
     import sentencepiece as spm
 
-    out = io.BytesIO()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(_corpus(prefix27)),
-        model_writer=out,
+        model_writer=model,
         model_type="bpe",
         vocab_size=vocab_size,
-        hard_vocab_limit=False,
+        character_coverage=1.0,
         byte_fallback=True,
+        split_digits=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        allow_whitespace_only_pieces=True,
+        split_by_whitespace=True,
         pad_id=0,
         eos_id=1,
         bos_id=2,
         unk_id=3,
-        pad_piece=GEMMA_SPECIALS["pad"],
-        eos_piece=GEMMA_SPECIALS["eos"],
-        bos_piece=GEMMA_SPECIALS["bos"],
-        unk_piece=GEMMA_SPECIALS["unk"],
-        control_symbols=list(CONTROL_TOKENS),
-        user_defined_symbols=list(TURN_TOKENS) + list(NEWLINE_TOKENS),
-        add_dummy_prefix=False,
-        remove_extra_whitespaces=False,
-        normalization_rule_name="identity",
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        character_coverage=1.0,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
+        user_defined_symbols=GEMMA_SPECIALS,
+        max_sentence_length=100000,
         num_threads=1,
-        shuffle_input_sentence=False,
-        input_sentence_size=0,
         minloglevel=2,
     )
-    return out.getvalue()
-
-
-def _added_tokens_decoder(model: bytes) -> dict[str, dict]:
-    from lib_llmcond.text.spm_model import CONTROL, UNKNOWN, USER_DEFINED, piece_types
-
-    out = {}
-    for i, (piece, kind) in enumerate(piece_types(model)):
-        if kind in (CONTROL, UNKNOWN, USER_DEFINED):
-            special = piece not in NEWLINE_TOKENS
-            out[str(i)] = {
-                "content": piece,
-                "lstrip": False,
-                "normalized": False,
-                "rstrip": False,
-                "single_word": False,
-                "special": special,
-            }
-    return out
-
-
-def write_tiny_gemma_tokenizer(
-    directory: Path | str, *, vocab_size: int = 1000, prefix27: bool = False
-) -> Path:
-    """Write tokenizer.model, tokenizer_config.json and special_tokens_map.json into ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model = train_tiny_gemma_spm(vocab_size=vocab_size, prefix27=prefix27)
     if prefix27:
-        _check_prefix27(model, vocab_size)
-    (directory / "tokenizer.model").write_bytes(model)
-    smap = {f"{k}_token": v for k, v in GEMMA_SPECIALS.items()}
-    smap["additional_special_tokens"] = list(TURN_TOKENS)
+        _check_prefix27(model.getvalue(), vocab_size)
+    (directory / "tokenizer.model").write_bytes(model.getvalue())
     config = {
         "tokenizer_class": "GemmaTokenizer",
-        "added_tokens_decoder": _added_tokens_decoder(model),
-        **{k: v for k, v in smap.items() if k != "additional_special_tokens"},
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "padding_side": "left",
         "add_bos_token": True,
         "add_eos_token": False,
-        "padding_side": "left",
-        "clean_up_tokenization_spaces": False,
         "model_max_length": 1000000,
-        "spaces_between_special_tokens": False,
-        "sp_model_kwargs": {},
-        "legacy": False,
-        "_comment": "TINY TEST TOKENIZER built by lib_llmcond.tiny: not a real Gemma vocabulary",
     }
-    _write_json(directory / "tokenizer_config.json", config)
-    _write_json(directory / "special_tokens_map.json", smap)
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    smap = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    (directory / "special_tokens_map.json").write_text(json.dumps(smap, indent=2), encoding="utf-8")
     return directory
 
 
 def _check_prefix27(model: bytes, vocab_size: int) -> None:
-    """The 27-token prefix needs the system prompt as 22 tokens and "user" as one."""
+    """The 27-token prefix needs the system prompt as 22 tokens and "user" as one; "model" is one as well."""
     import sentencepiece as spm
 
-    sp = spm.SentencePieceProcessor(model_proto=model)
-    system = " ".join(_SYSTEM_SENTENCES)
-    if len(sp.encode(system)) != 22 or len(sp.encode("user")) != 1:
+    sp = spm.SentencePieceProcessor()
+    sp.LoadFromSerializedProto(model)
+    if (
+        len(sp.encode(GEMMA_SYSTEM_PROMPT)) != 22
+        or len(sp.encode("user")) != 1
+        or len(sp.encode("model")) != 1
+    ):
         raise ValueError(f"vocab_size={vocab_size} is too small for prefix27=True; use at least 450")
 
 
-def add_tokenizer_json(directory: Path | str) -> Path:
+def add_tokenizer_json(directory: str | Path) -> Path:
     """Add a tokenizer.json converted by the installed transformers (tests only: needs transformers >= 4.46)."""
     from transformers import GemmaTokenizerFast
 
     directory = Path(directory)
-    tok = GemmaTokenizerFast.from_pretrained(str(directory))
-    tok.backend_tokenizer.save(str(directory / "tokenizer.json"))
+    GemmaTokenizerFast.from_pretrained(str(directory)).backend_tokenizer.save(
+        str(directory / "tokenizer.json")
+    )
     return directory / "tokenizer.json"
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

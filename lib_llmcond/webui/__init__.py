@@ -1,0 +1,8 @@
+"""Everything that touches a WebUI host (A1111, Forge1/reForge, Forge2) or gradio.
+
+Modules, one concern each (host modules are imported lazily, inside functions, per host):
+``hosts`` (which host, which model), ``state`` (per-request state), ``args`` (validated script args),
+``request`` (args + settings -> options), ``hook`` (the model and cache-key patches), ``conds`` (one batch ->
+host conditioning), ``precision`` (outside the host's autocast, free host VRAM), ``infotext``, ``settings``,
+``api`` (FastAPI routes), ``ui`` (the accordion), ``script`` (what ``scripts/llmcond.py`` delegates to).
+"""

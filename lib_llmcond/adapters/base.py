@@ -1,0 +1,75 @@
+"""The contract every adapter family follows: LLM hidden states in, SDXL conditioning out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AdapterOutput:
+    crossattn: torch.Tensor  # [B, T, 2048]
+    pooled: torch.Tensor  # [B, 1280]
+    attention: torch.Tensor | None = None  # [B, T, L]: head-averaged, output tokens on input tokens
+
+
+class Adapter(nn.Module):
+    """Base class: fp32, eval mode, autocast off, no gradients.
+
+    Subclasses set ``family``, ``llm_dim``, ``max_input_tokens`` (inputs beyond it are cut) and
+    ``output_tokens``, and implement ``forward(hidden, mask=None, *, return_attention=False)``.
+    """
+
+    family: str = ""
+    llm_dim: int
+    max_input_tokens: int
+    output_tokens: int
+    output_dim: int
+    pooled_dim: int
+
+    def forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor | None = None, *, return_attention: bool = False
+    ) -> AdapterOutput:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> Adapter:  # inference-only module: dropout never applies
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _prepare(
+        self, hidden: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Check shapes and move the inputs to this module's device as fp32 / bool."""
+        if hidden.dim() != 3 or hidden.shape[-1] != self.llm_dim:
+            raise ValueError(
+                f"adapter expects hidden states [B, L, {self.llm_dim}], got {list(hidden.shape)}"
+            )
+        hidden = hidden.to(device=self.device, dtype=torch.float32)
+        if mask is not None:
+            if mask.shape != hidden.shape[:2]:
+                raise ValueError(
+                    f"mask shape {list(mask.shape)} does not match hidden {list(hidden.shape[:2])}"
+                )
+            mask = mask.to(self.device) != 0
+        return hidden, mask
+
+
+@contextlib.contextmanager
+def fp32_inference(device: torch.device) -> Iterator[None]:
+    """No autograd and autocast switched off for ``device`` (a host's autocast must not reach the adapter)."""
+    with torch.no_grad(), _autocast_off(device):
+        yield
+
+
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except (RuntimeError, ValueError):  # a device type without autocast support
+        return contextlib.nullcontext()

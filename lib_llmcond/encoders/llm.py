@@ -1,0 +1,126 @@
+"""An LLM ready to encode: transformer + tokenizer + the family's text path; loaded from a directory or GGUF."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lib_llmcond.encoders.config import TransformerConfig
+from lib_llmcond.errors import ModelFileError
+from lib_llmcond.text.paths import TextPath, TokenBatch, text_path
+from lib_llmcond.text.tokenizer import Tokenizer, load_tokenizer
+
+
+@dataclass
+class LLM:
+    path: Path
+    config: TransformerConfig
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    dtype: torch.dtype
+    device: torch.device
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def text_path_for(self, system_prompt: str | None) -> TextPath:
+        return text_path(self.family, system_prompt)
+
+    def to_device(self, device: torch.device) -> None:
+        with self._lock:
+            if self.device != device:
+                self.model.to(device)
+                self.device = device
+
+    @torch.inference_mode()
+    def hidden_states(self, batch: TokenBatch) -> torch.Tensor:
+        """Last hidden states [B, L, hidden] after the final norm, in the compute dtype."""
+        d = self.device
+        with _autocast_off(d):
+            return self.model(batch.input_ids.to(d), batch.attention_mask.to(d), batch.position_ids.to(d))
+
+
+def _autocast_off(device: torch.device):
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except (RuntimeError, ValueError):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def is_gguf(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() == ".gguf"
+
+
+def load_llm(path: str | Path, *, dtype: torch.dtype, device: str | torch.device = "cpu") -> LLM:
+    """An HF model directory or a ``.gguf`` file; the family comes from config.json or GGUF metadata."""
+    path = Path(path)
+    device = torch.device(device)
+    if dtype == torch.float16:
+        raise ValueError("float16 is never used for these LLMs (Gemma overflows); use bfloat16 or float32")
+    if is_gguf(path):
+        load_gguf_transformer, load_gguf_tokenizer = _gguf_support(path)
+        cfg, model = load_gguf_transformer(path, dtype=dtype, device=device)
+        tokenizer = load_gguf_tokenizer(path)
+    elif path.is_dir():
+        from lib_llmcond.encoders.lora import find_lora, merge_lora
+        from lib_llmcond.encoders.weights import load_transformer
+
+        tokenizer = load_tokenizer(path)  # fail early, before reading gigabytes
+        cfg, model = load_transformer(path, dtype=dtype, device=device)
+        lora = find_lora(path)
+        if lora is not None:
+            merge_lora(model, lora)
+    else:
+        raise ModelFileError(
+            "not an LLM: expected an HF model folder or a .gguf file",
+            path=path,
+            fix="choose a folder with config.json and weights, or a .gguf file",
+        )
+    return LLM(path, cfg, model, tokenizer, dtype, device)
+
+
+def _gguf_support(path: Path):
+    try:
+        from lib_llmcond.encoders.gguf.loader import load_gguf_transformer
+        from lib_llmcond.text.gguf_tokenizer import load_gguf_tokenizer
+    except ImportError as e:
+        raise ModelFileError(
+            f"GGUF models cannot be read here ({e})",
+            path=path,
+            fix="install the 'gguf' package (the extension's install.py adds it) or use the HF model folder",
+        ) from e
+    return load_gguf_transformer, load_gguf_tokenizer
+
+
+@functools.lru_cache(maxsize=16)
+def _family_of_dir(path: Path) -> str:
+    from lib_llmcond.encoders.weights import read_config
+
+    return read_config(path)[1].family
+
+
+def load_llm_tokenizer(path: str | Path) -> tuple[Tokenizer, str]:
+    """The tokenizer and family of an LLM without loading its weights (for token counting)."""
+    path = Path(path)
+    if is_gguf(path):
+        _, load_gguf_tokenizer = _gguf_support(path)
+        from lib_llmcond.encoders.gguf.reader import gguf_family
+
+        return load_gguf_tokenizer(path), gguf_family(path)
+    return load_tokenizer(path), _family_of_dir(path)
+
+
+def text_path_for_family(family: str, system_prompt: str | None) -> TextPath:
+    return text_path(family, system_prompt)

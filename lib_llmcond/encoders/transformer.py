@@ -1,0 +1,238 @@
+"""One native torch transformer for Gemma-3, Qwen3 and the T5Gemma encoder, driven by :class:`TransformerConfig`.
+
+Parameter names are the HF names without the model prefix (``embed_tokens.weight``,
+``layers.0.self_attn.q_proj.weight``, ``norm.weight``), so loading is a table of prefixes. The maths follows
+transformers' modeling files for each family (norm casts included), without an LM head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lib_llmcond.compat import sdpa_supports_enable_gqa
+from lib_llmcond.encoders.config import TransformerConfig
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32; Gemma scales by ``1 + w`` before the cast back, Qwen by ``w`` after it."""
+
+    def __init__(self, dim: int, eps: float, plus_one: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim) if plus_one else torch.ones(dim))
+        self.eps, self.plus_one = eps, plus_one
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.plus_one:
+            return (h * (1.0 + self.weight.float())).type_as(x)
+        return self.weight * h.to(x.dtype)
+
+
+class Rotary:
+    """Rotary position embedding tables for one rope base (cos/sin in the compute dtype)."""
+
+    def __init__(self, head_dim: int, base: float, linear_factor: float = 1.0) -> None:
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
+        self.inv_freq = 1.0 / (base**exponent) / linear_factor
+
+    def __call__(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = position_ids[..., None].float() * self.inv_freq.to(position_ids.device)
+        emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # [B, 1, L, head_dim]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.tanh = cfg.activation == "gelu_tanh"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.gate_proj(x)
+        gate = F.gelu(gate, approximate="tanh") if self.tanh else F.silu(gate)
+        return self.down_proj(gate * self.up_proj(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.q_proj = nn.Linear(h, cfg.num_heads * d, bias=cfg.attention_bias)
+        self.k_proj = nn.Linear(h, cfg.num_kv_heads * d, bias=cfg.attention_bias)
+        self.v_proj = nn.Linear(h, cfg.num_kv_heads * d, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(cfg.num_heads * d, h, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_eps, cfg.norm_plus_one)
+            self.k_norm = RMSNorm(d, cfg.rms_eps, cfg.norm_plus_one)
+        self.cfg = cfg
+
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        cfg = self.cfg
+        b, n, _ = x.shape
+        q = self.q_proj(x).view(b, n, cfg.num_heads, cfg.head_dim)
+        k = self.k_proj(x).view(b, n, cfg.num_kv_heads, cfg.head_dim)
+        v = self.v_proj(x).view(b, n, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = _rotate(q.transpose(1, 2), *rope), _rotate(k.transpose(1, 2), *rope)
+        out = _attend(q, k, v, mask, cfg)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, cfg.num_heads * cfg.head_dim))
+
+
+def _attend(q, k, v, mask: torch.Tensor | None, cfg: TransformerConfig) -> torch.Tensor:
+    """Scaled dot-product attention; ``mask`` None means plain causal (or full, for bidirectional models)."""
+    groups = cfg.num_heads // cfg.num_kv_heads
+    if cfg.attn_softcap is not None:
+        return _eager_softcap(q, k, v, mask, cfg, groups)
+    kwargs = {}
+    if groups > 1:
+        if sdpa_supports_enable_gqa():
+            kwargs["enable_gqa"] = True
+        else:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    causal = mask is None and cfg.causal
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=cfg.scaling, **kwargs
+    )
+
+
+def _eager_softcap(q, k, v, mask, cfg: TransformerConfig, groups: int) -> torch.Tensor:
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(2, 3)) * cfg.scaling
+    scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    elif cfg.causal:
+        n = q.shape[-2]
+        causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+        scores = scores.masked_fill(~causal, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: TransformerConfig, names: dict[str, str]) -> None:
+        super().__init__()
+        self.names = names
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        for name in names.values():
+            self.add_module(name, RMSNorm(cfg.hidden_size, cfg.rms_eps, cfg.norm_plus_one))
+
+    def _norm(self, role: str, x: torch.Tensor) -> torch.Tensor:
+        name = self.names.get(role)
+        return getattr(self, name)(x) if name else x
+
+    def forward(self, x: torch.Tensor, rope, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self._norm("post_attn", self.self_attn(self._norm("pre_attn", x), rope, mask))
+        return x + self._norm("post_mlp", self.mlp(self._norm("pre_mlp", x)))
+
+
+# family -> norm role -> HF module name
+NORM_NAMES: dict[str, dict[str, str]] = {
+    "gemma3": {
+        "pre_attn": "input_layernorm",
+        "post_attn": "post_attention_layernorm",
+        "pre_mlp": "pre_feedforward_layernorm",
+        "post_mlp": "post_feedforward_layernorm",
+    },
+    "qwen3": {"pre_attn": "input_layernorm", "pre_mlp": "post_attention_layernorm"},
+    "t5gemma": {
+        "pre_attn": "pre_self_attn_layernorm",
+        "post_attn": "post_self_attn_layernorm",
+        "pre_mlp": "pre_feedforward_layernorm",
+        "post_mlp": "post_feedforward_layernorm",
+    },
+}
+
+
+class TextTransformer(nn.Module):
+    """Token ids -> last hidden state after the final norm. No LM head."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Layer(cfg, NORM_NAMES[cfg.family]) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps, cfg.norm_plus_one)
+        local = cfg.rope_local_theta
+        self._rope_full = Rotary(cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor)
+        self._rope_local = Rotary(cfg.head_dim, local) if local is not None else self._rope_full
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        if self.config.embed_scale:
+            x = x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)
+        return x
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        cfg = self.config
+        b, n = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(n, device=input_ids.device).expand(b, n)
+        x = self.embed(input_ids)
+        masks = _MaskCache(cfg, attention_mask, n, x.device)
+        ropes = {False: self._rope_full(position_ids, x.dtype)}
+        if self._rope_local is not self._rope_full:
+            ropes[True] = self._rope_local(position_ids, x.dtype)
+        for i, layer in enumerate(self.layers):
+            sliding = cfg.layer_is_sliding(i)
+            x = layer(x, ropes.get(sliding, ropes[False]), masks.get(sliding))
+        return self.norm(x) if cfg.final_norm else x
+
+
+class _MaskCache:
+    """Boolean attention masks [B, 1, L, L] (True = attend), built once per kind and only when needed.
+
+    Causal models with right padding need no padding mask: real tokens never see later (padded) keys, and
+    padded positions are never read. A causal model whose sequence fits its sliding window needs no mask at all.
+    """
+
+    def __init__(self, cfg: TransformerConfig, attention_mask: torch.Tensor | None, n: int, device) -> None:
+        self.cfg, self.n, self.device = cfg, n, device
+        self.keys = None
+        if attention_mask is not None and not cfg.causal and not bool(attention_mask.all()):
+            self.keys = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
+        self._built: dict[bool, torch.Tensor | None] = {}
+
+    def get(self, sliding: bool) -> torch.Tensor | None:
+        if sliding not in self._built:
+            self._built[sliding] = self._build(sliding)
+        return self._built[sliding]
+
+    def _build(self, sliding: bool) -> torch.Tensor | None:
+        cfg, n = self.cfg, self.n
+        window = cfg.sliding_window if sliding and cfg.sliding_window and cfg.sliding_window < n else None
+        if cfg.causal and window is None:
+            return None
+        i = torch.arange(n, device=self.device)
+        diff = i[:, None] - i[None, :]  # query - key
+        allowed = torch.ones(n, n, dtype=torch.bool, device=self.device)
+        if cfg.causal:
+            allowed = diff >= 0
+        if window is not None:
+            allowed = allowed & (diff.abs() < window)
+        mask = allowed[None, None]
+        if self.keys is not None:
+            mask = mask & self.keys
+        elif window is None:
+            return None  # bidirectional, no padding, no window: full attention
+        return mask

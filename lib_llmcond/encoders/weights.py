@@ -1,0 +1,148 @@
+"""Safetensors model directories -> :class:`TextTransformer`, read lazily and straight into the compute dtype.
+
+The module is built on the meta device and each tensor is read from the file (single or sharded) and assigned
+in the compute dtype, so peak memory is about the weights' size, with no fp32 copy and no LM head.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from lib_llmcond.encoders.config import TransformerConfig, config_from_hf
+from lib_llmcond.encoders.transformer import TextTransformer
+from lib_llmcond.errors import ModelFileError
+
+# family -> (prefixes mapped to our names, prefixes of tensors we never need)
+KEY_PREFIXES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "gemma3": (
+        ("model.language_model.", "language_model.model.", "model."),
+        (
+            "lm_head.",
+            "vision_tower.",
+            "multi_modal_projector.",
+            "model.vision_tower.",
+            "model.multi_modal_projector.",
+        ),
+    ),
+    "qwen3": (("model.",), ("lm_head.",)),
+    "t5gemma": (("model.encoder.", "encoder."), ("model.decoder.", "decoder.", "lm_head.")),
+}
+
+
+def read_config(directory: Path) -> tuple[dict, TransformerConfig]:
+    path = directory / "config.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ModelFileError(
+            "this folder has no config.json", path=directory, fix="use the whole HF model folder"
+        ) from e
+    except (OSError, ValueError) as e:
+        raise ModelFileError(
+            f"config.json is unreadable ({e})", path=path, fix="re-download the model"
+        ) from e
+    return raw, config_from_hf(raw, path=path)
+
+
+def weight_files(directory: Path) -> list[Path]:
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelFileError(
+                f"the shard index is unreadable ({e})", path=index, fix="re-download it"
+            ) from e
+        files = [directory / n for n in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise ModelFileError(
+                f"missing shards: {', '.join(missing)}", path=directory, fix="download every shard"
+            )
+        return files
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise ModelFileError(
+            "no .safetensors weights in this folder",
+            path=directory,
+            fix="download the model's safetensors files (pickled .bin weights are not loaded)",
+        )
+    return files
+
+
+def _map_key(key: str, family: str) -> str | None:
+    """Our parameter name for ``key``; None for tensors we skip. Unknown keys map to themselves."""
+    keep, skip = KEY_PREFIXES[family]
+    if key.startswith(skip):
+        return None
+    for prefix in keep:
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
+
+
+def iter_tensors(files: list[Path], family: str) -> Iterator[tuple[str, str, Path, object]]:
+    """(our name, file key, file, open handle) for every tensor we need."""
+    for f in files:
+        try:
+            handle = safe_open(str(f), framework="pt")
+            keys = list(handle.keys())
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise ModelFileError(
+                f"not a readable safetensors file ({e})", path=f, fix="re-download it"
+            ) from e
+        for key in keys:
+            name = _map_key(key, family)
+            if name is not None:
+                yield name, key, f, handle
+
+
+def load_transformer(
+    directory: str | Path, *, dtype: torch.dtype, device: str | torch.device = "cpu"
+) -> tuple[TransformerConfig, TextTransformer]:
+    directory = Path(directory)
+    _, cfg = read_config(directory)
+    with torch.device("meta"):
+        model = TextTransformer(cfg)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    state: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for name, key, f, handle in iter_tensors(weight_files(directory), cfg.family):
+        if name not in expected:
+            unexpected.append(key)
+            continue
+        try:
+            tensor = handle.get_slice(key)
+            shape = tuple(tensor.get_shape())
+            if shape != expected[name]:
+                raise ModelFileError(
+                    f"tensor {key} has shape {list(shape)}, the config implies {list(expected[name])}",
+                    path=f,
+                    fix="the weights do not belong to this config.json",
+                )
+            state[name] = handle.get_tensor(key).to(device=device, dtype=dtype)
+        except ModelFileError:
+            raise
+        except Exception as e:
+            raise ModelFileError(f"cannot read tensor {key} ({e})", path=f, fix="re-download the file") from e
+    _check_complete(expected, state, unexpected, directory)
+    model.load_state_dict(state, assign=True, strict=True)
+    return cfg, model.eval().requires_grad_(False)
+
+
+def _check_complete(expected: dict, state: dict, unexpected: list[str], directory: Path) -> None:
+    missing = sorted(set(expected) - set(state))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors: {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+        if unexpected:
+            parts.append(
+                f"unexpected tensors: {', '.join(unexpected[:6])}{' ...' if len(unexpected) > 6 else ''}"
+            )
+        raise ModelFileError("; ".join(parts), path=directory, fix="the weights do not match config.json")

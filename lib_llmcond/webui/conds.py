@@ -1,0 +1,89 @@
+"""One ``SdConditioning`` batch -> the host's SDXL conditioning dict, through the engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lib_llmcond.errors import LlmcondError
+from lib_llmcond.webui import hosts, prefetch
+from lib_llmcond.webui.precision import free_host_vram, outside_host_autocast
+from lib_llmcond.webui.state import RequestState
+
+log = logging.getLogger("llmcond")
+DEFAULT_SIZE = 1024  # what the hosts use when a batch carries no size
+
+
+def _bytes_on_disk(path: str) -> int:
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.glob("*") if f.is_file()) if p.is_dir() else 0
+
+
+def _wants_cuda(opts: Any) -> bool:
+    device = str(getattr(opts, "device", "auto"))
+    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+
+
+def encode_batch(
+    batch: Any,
+    state: RequestState,
+    *,
+    engine: Any,
+    model: Any,
+    original: Callable[[Any], Any],
+    host: str,
+    host_opts: Any = None,
+) -> Any:
+    """Conds for ``batch`` from the LLM, or the host's own (``original``) when falling back to CLIP is allowed."""
+    try:
+        if state.error is not None:
+            raise state.error
+        return _encode(batch, state, engine=engine, model=model, host=host, host_opts=host_opts)
+    except LlmcondError as e:
+        if not state.allow_fallback:
+            log.error("llmcond: %s", e)
+            raise
+        log.warning("llmcond: falling back to CLIP for this generation: %s", e)
+        state.log.fallback = str(e)
+        return original(batch)
+
+
+def _encode(batch: Any, state: RequestState, *, engine: Any, model: Any, host: str, host_opts: Any) -> dict:
+    width = int(getattr(batch, "width", DEFAULT_SIZE) or DEFAULT_SIZE)
+    height = int(getattr(batch, "height", DEFAULT_SIZE) or DEFAULT_SIZE)
+    negative = bool(getattr(batch, "is_negative_prompt", False))
+    top, left = hosts.crop(host_opts, host)
+    target = hosts.model_device(model)
+    if _wants_cuda(state.opts):
+        free_host_vram(host, _bytes_on_disk(state.opts.llm) + _bytes_on_disk(state.opts.adapter), target)
+    reports: list[Any] = []
+    extra = prefetch.take() if negative else []
+    more = (
+        {"prefetch": [t for t in extra if t not in batch]}
+        if extra and prefetch.accepts_prefetch(engine)
+        else {}
+    )
+    with outside_host_autocast():
+        cond = engine.get_conditioning(
+            list(batch),
+            state.opts,
+            width=width,
+            height=height,
+            crop_top=top,
+            crop_left=left,
+            is_negative=negative,
+            reports=reports,
+            **more,
+        )
+    if not negative:
+        state.log.add_reports(reports)
+        for r in reports:
+            if getattr(r, "cut", None) is not None:
+                log.warning("llmcond: prompt cut: %s", r.describe())
+    return {k: v.to(target, torch.float32) for k, v in cond.items()}

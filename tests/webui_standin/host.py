@@ -1,0 +1,760 @@
+"""A stand-in of the WebUI host modules that llmcond touches, in two flavours.
+
+``a1111``: AUTOMATIC1111 stable-diffusion-webui v1.10.1. Mirrors, in reduced form:
+  ``modules/prompt_parser.py``: ``SdConditioning``, ``get_learned_conditioning_prompt_schedules`` (prompt editing
+  ``[a:b:N]``, ``[a:N]``, ``[a::N]`` and alternation ``[a|b]``, without nesting), ``get_learned_conditioning``
+  (one model call per unique prompt with all its schedule variants, dict conds split per variant),
+  ``get_multicond_prompt_list`` / ``get_multicond_learned_conditioning`` (``AND`` with ``:weight``);
+  ``modules/processing.py``: ``StableDiffusionProcessing`` (class-level persistent ``cached_c``/``cached_uc``,
+  ``setup_prompts`` with styles, ``cached_params``, ``get_conds_with_caching`` inside ``devices.autocast()``,
+  ``setup_conds``), txt2img hires (``calculate_hr_conds`` with the hires prompt and size and the
+  ``[cached_hr_uc, cached_uc]`` lookup), img2img, ``process_images`` (per-iteration prompts of a batch, extra
+  networks removed from the texts, ``state.interrupted`` checked between iterations, scripts' ``process`` /
+  ``postprocess_batch`` / ``postprocess``, errors of ``process`` reported and swallowed like the script runner);
+  ``modules/sd_models_xl.py``: ``get_learned_conditioning`` of the sgm ``DiffusionEngine`` (size from the batch,
+  crop from ``opts.sdxl_crop_top/left``, zeroed empty negative) with a fake CLIP; ``modules/scripts.py``
+  (``Script``, ``AlwaysVisible``, script args slices), ``modules/script_callbacks.py``, ``modules/shared.py``
+  (``opts``, ``state``, ``cmd_opts``), ``modules/sd_models.py`` (``model_data.sd_model``), ``modules/devices.py``
+  (``autocast``), ``modules/paths.py`` (``models_path``).
+``forge2``: lllyasviel/stable-diffusion-webui-forge main (2024-25): ``backend/diffusion_engine/sdxl.py``
+  ``StableDiffusionXL.get_learned_conditioning`` under ``torch.inference_mode`` (crop always 0), 3-slot caches,
+  ``cached_params`` with the distilled-CFG field, no uncond computed at CFG scale 1, ``devices.autocast`` a no-op,
+  and a ``backend`` package (which A1111 lacks).
+
+The fake CLIP gives a deterministic [77, 2048] crossattn and a 1280 pooled per text, so "the host's own conds"
+are known exactly. Not copied: written from the public code's behaviour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import types
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+MODULES = (
+    "modules",
+    "modules.shared",
+    "modules.prompt_parser",
+    "modules.processing",
+    "modules.scripts",
+    "modules.script_callbacks",
+    "modules.sd_models",
+    "modules.devices",
+    "modules.paths",
+    "backend",
+    "backend.diffusion_engine",
+    "backend.memory_management",
+)
+
+
+# ---------------------------------------------------------------------------------------------- prompt_parser
+class SdConditioning(list):
+    """A list of prompts with the size and polarity of the image they are for."""
+
+    def __init__(self, prompts, is_negative_prompt=False, width=None, height=None, copy_from=None):
+        super().__init__()
+        self.extend(prompts)
+        if copy_from is None:
+            copy_from = prompts
+        self.is_negative_prompt = is_negative_prompt or getattr(copy_from, "is_negative_prompt", False)
+        self.width = width or getattr(copy_from, "width", None)
+        self.height = height or getattr(copy_from, "height", None)
+
+
+_EDIT = re.compile(r"\[([^\[\]:|]*):([^\[\]:|]*)(?::([^\[\]:|]*))?\]")
+_ALT = re.compile(r"\[([^\[\]:]*\|[^\[\]:]*)\]")
+
+
+def _when(text: str, steps: int) -> int:
+    v = float(text)
+    return int(v * steps) if v < 1 else int(v)
+
+
+def _schedule(prompt: str, steps: int) -> list[list]:
+    """End step of each variant of one prompt (reduced grammar: no nesting)."""
+    points = set()
+    for m in _EDIT.finditer(prompt):
+        when = m.group(3) if m.group(3) is not None else m.group(2)
+        with contextlib.suppress(ValueError):
+            points.add(_when(when.strip(), steps))
+    alternating = bool(_ALT.search(prompt))
+    ends = (
+        sorted({p for p in points if 0 < p < steps} | {steps})
+        if not alternating
+        else list(range(1, steps + 1))
+    )
+
+    def at(step: int) -> str:
+        def edit(m: re.Match) -> str:
+            if m.group(3) is None:  # [a:N] add after / [a::N] remove after
+                a, when = m.group(1), m.group(2)
+                return a if step > _when(when.strip(), steps) else ""
+            a, b, when = m.group(1), m.group(2), m.group(3)
+            return b if step > _when(when.strip(), steps) else a
+
+        text = _EDIT.sub(edit, prompt)
+        return _ALT.sub(lambda m: m.group(1).split("|")[(step - 1) % len(m.group(1).split("|"))], text)
+
+    res, prev = [], None
+    for end in ends:
+        text = at(end)
+        if res and text == prev:
+            res[-1][0] = end
+        else:
+            res.append([end, text])
+        prev = text
+    return res
+
+
+def get_learned_conditioning_prompt_schedules(
+    prompts, base_steps, hires_steps=None, use_old_scheduling=False
+):
+    steps = hires_steps if hires_steps is not None and not use_old_scheduling else base_steps
+    return [_schedule(p, steps) for p in prompts]
+
+
+@dataclass
+class ScheduledPromptConditioning:
+    end_at_step: int
+    cond: Any
+
+
+def get_learned_conditioning(model, prompts, steps, hires_steps=None, use_old_scheduling=False):
+    res = []
+    schedules = get_learned_conditioning_prompt_schedules(prompts, steps, hires_steps, use_old_scheduling)
+    cache: dict = {}
+    for prompt, schedule in zip(prompts, schedules):
+        if prompt in cache:
+            res.append(cache[prompt])
+            continue
+        texts = SdConditioning([x[1] for x in schedule], copy_from=prompts)
+        conds = model.get_learned_conditioning(texts)
+        out = []
+        for i, (end_at_step, _) in enumerate(schedule):
+            cond = {k: v[i] for k, v in conds.items()} if isinstance(conds, dict) else conds[i]
+            out.append(ScheduledPromptConditioning(end_at_step, cond))
+        cache[prompt] = out
+        res.append(out)
+    return res
+
+
+_AND = re.compile(r"\bAND\b")
+_WEIGHT = re.compile(r"^(\s*.*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$")
+
+
+def get_multicond_prompt_list(prompts):
+    res_indexes, flat, index_of = [], [], {}
+    for prompt in prompts:
+        indexes = []
+        for sub in _AND.split(prompt):
+            m = _WEIGHT.search(sub)
+            text, weight = m.groups() if m else (sub, 1.0)
+            weight = float(weight) if weight is not None else 1.0
+            if text not in index_of:
+                index_of[text] = len(flat)
+                flat.append(text)
+            indexes.append((index_of[text], weight))
+        res_indexes.append(indexes)
+    return res_indexes, flat, index_of
+
+
+@dataclass
+class ComposableScheduledPromptConditioning:
+    schedules: list
+    weight: float = 1.0
+
+
+@dataclass
+class MulticondLearnedConditioning:
+    shape: tuple
+    batch: list
+
+
+def get_multicond_learned_conditioning(model, prompts, steps, hires_steps=None, use_old_scheduling=False):
+    res_indexes, flat, _ = get_multicond_prompt_list(prompts)
+    learned = get_learned_conditioning(
+        model, SdConditioning(flat, copy_from=prompts), steps, hires_steps, use_old_scheduling
+    )
+    batch = [[ComposableScheduledPromptConditioning(learned[i], w) for i, w in idx] for idx in res_indexes]
+    return MulticondLearnedConditioning(shape=(len(prompts),), batch=batch)
+
+
+# ---------------------------------------------------------------------------------------------- fake CLIP models
+def text_seed(*parts: object) -> int:
+    return zlib.crc32("\x1f".join(map(str, parts)).encode("utf-8"))
+
+
+def fake_clip(text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(text_seed("clip", text))
+    return torch.randn(77, 2048, generator=g), torch.randn(1280, generator=g)
+
+
+def size_part(values: list[int]) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).repeat_interleave(256)
+
+
+class Embedder(torch.nn.Module):
+    def __init__(self, key: str):
+        super().__init__()
+        self.input_key = key
+
+
+class FakeSgmSDXL(torch.nn.Module):
+    """A1111's sgm DiffusionEngine as far as conds go (``sd_models_xl.get_learned_conditioning``)."""
+
+    is_sdxl = True
+
+    def __init__(self, shared, refiner: bool = False):
+        super().__init__()
+        self.shared = shared
+        keys = ["original_size_as_tuple", "crop_coords_top_left", "target_size_as_tuple"]
+        keys = (["txt", "aesthetic_score"] if refiner else ["txt", "txt"]) + keys
+        self.conditioner = torch.nn.Module()
+        self.conditioner.embedders = torch.nn.ModuleList(Embedder(k) for k in keys)
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.calls: list[SdConditioning | list] = []
+
+    def get_learned_conditioning(self, batch):
+        self.calls.append(batch)
+        width = getattr(batch, "width", 1024) or 1024
+        height = getattr(batch, "height", 1024) or 1024
+        negative = getattr(batch, "is_negative_prompt", False)
+        top, left = self.shared.opts.sdxl_crop_top, self.shared.opts.sdxl_crop_left
+        crossattn, pooled = zip(*(fake_clip(t) for t in batch))
+        crossattn, pooled = torch.stack(crossattn), torch.stack(pooled)
+        if negative and all(x == "" for x in batch):
+            crossattn, pooled = torch.zeros_like(crossattn), torch.zeros_like(pooled)
+        sizes = size_part([height, width, top, left, height, width]).expand(len(batch), -1)
+        return {"crossattn": crossattn, "vector": torch.cat([pooled, sizes], dim=1)}
+
+
+class FakeSD15(FakeSgmSDXL):
+    is_sdxl = False
+
+    def get_learned_conditioning(self, batch):
+        self.calls.append(batch)
+        return torch.stack([fake_clip(t)[0][:, :768] for t in batch])
+
+
+class StableDiffusionXL(torch.nn.Module):
+    """Forge2's ``backend.diffusion_engine.sdxl.StableDiffusionXL`` as far as conds go."""
+
+    is_sdxl = True
+
+    def __init__(self, shared):
+        super().__init__()
+        self.shared = shared
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.calls: list = []
+
+    @torch.inference_mode()
+    def get_learned_conditioning(self, prompt):
+        self.calls.append(prompt)
+        width = getattr(prompt, "width", 1024) or 1024
+        height = getattr(prompt, "height", 1024) or 1024
+        negative = getattr(prompt, "is_negative_prompt", False)
+        crossattn, pooled = zip(*(fake_clip(t) for t in prompt))
+        crossattn, pooled = torch.stack(crossattn), torch.stack(pooled)
+        if negative and all(x == "" for x in prompt):
+            crossattn, pooled = torch.zeros_like(crossattn), torch.zeros_like(pooled)
+        flat = size_part([height, width, 0, 0, height, width]).expand(len(prompt), -1)
+        return dict(crossattn=crossattn, vector=torch.cat([pooled, flat], dim=1))
+
+    def set_clip_skip(self, clip_skip):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------- scripts
+class Script:
+    filename = "llmcond.py"
+    args_from = 0
+    args_to = 0
+    infotext_fields = None
+    paste_field_names = None
+
+    def title(self):
+        raise NotImplementedError
+
+    def show(self, is_img2img):
+        return True
+
+    def ui(self, is_img2img):
+        return []
+
+    def process(self, p, *args):
+        pass
+
+    def postprocess_batch(self, p, *args, **kwargs):
+        pass
+
+    def postprocess(self, p, processed, *args):
+        pass
+
+
+AlwaysVisible = object()
+
+
+class ScriptRunner:
+    """The always-on part of ``scripts.ScriptRunner``: each script gets its slice of ``p.script_args``."""
+
+    def __init__(self, scripts_list: list, errors: list):
+        self.alwayson_scripts = scripts_list
+        self.errors = errors
+
+    def _each(self, name: str, p, *extra, **kw):
+        for s in self.alwayson_scripts:
+            try:
+                getattr(s, name)(p, *extra, *p.script_args[s.args_from : s.args_to], **kw)
+            except Exception as e:  # the host reports and goes on
+                self.errors.append((name, e))
+
+    def process(self, p):
+        self._each("process", p)
+
+    def postprocess_batch(self, p, images, batch_number):
+        self._each("postprocess_batch", p, images, batch_number=batch_number)
+
+    def postprocess(self, p, processed):
+        self._each("postprocess", p, processed)
+
+
+# ---------------------------------------------------------------------------------------------- processing
+class State:
+    def __init__(self):
+        self.interrupted = False
+        self.skipped = False
+
+
+class Options:
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+
+def _extra_networks(prompt: str) -> tuple[str, list[str]]:
+    found = re.findall(r"<([^:>]+:[^>]+)>", prompt)
+    return re.sub(r"<[^:>]+:[^>]+>", "", prompt), found
+
+
+@dataclass
+class Sampled:
+    """What the fake sampler saw for one batch: the conds objects and the texts per image."""
+
+    c: Any
+    uc: Any
+    prompts: list
+    negative_prompts: list
+    width: int
+    height: int
+    hr_c: Any = None
+    hr_uc: Any = None
+
+
+class StableDiffusionProcessing:
+    cached_uc: ClassVar[list] = [None, None]
+    cached_c: ClassVar[list] = [None, None]
+
+    def __init__(
+        self,
+        host,
+        prompt="",
+        negative_prompt="",
+        width=1024,
+        height=1024,
+        steps=20,
+        batch_size=1,
+        n_iter=1,
+        styles=(),
+        cfg_scale=7.0,
+        script_args=(),
+        scripts=None,
+        **extra,
+    ):
+        self.host = host
+        self.prompt, self.negative_prompt = prompt, negative_prompt
+        self.width, self.height, self.steps = width, height, steps
+        self.batch_size, self.n_iter, self.styles, self.cfg_scale = (
+            batch_size,
+            n_iter,
+            list(styles),
+            cfg_scale,
+        )
+        self.script_args = list(script_args)
+        self.scripts = scripts
+        self.extra_generation_params: dict = {}
+        self.distilled_cfg_scale = extra.pop("distilled_cfg_scale", 3.5)
+        self.__dict__.update(extra)
+        if not host.shared.opts.persistent_cond_cache:
+            self.cached_c, self.cached_uc = [None] * len(self.cached_c), [None] * len(self.cached_uc)
+        self.sampled: list[Sampled] = []
+        self.extra_network_data: list = []
+
+    def setup_prompts(self):
+        styles = self.host.styles
+        all_p = (
+            self.prompt if isinstance(self.prompt, list) else self.batch_size * self.n_iter * [self.prompt]
+        )
+        all_n = (
+            self.negative_prompt
+            if isinstance(self.negative_prompt, list)
+            else [self.negative_prompt] * len(all_p)
+        )
+        self.all_prompts = [", ".join([x, *(styles[s][0] for s in self.styles)]) for x in all_p]
+        self.all_negative_prompts = [
+            ", ".join([x, *(styles[s][1] for s in self.styles)]) if self.styles else x for x in all_n
+        ]
+
+    def cached_params(
+        self, required_prompts, steps, extra_network_data, hires_steps=None, use_old_scheduling=False
+    ):
+        opts = self.host.shared.opts
+        key = (
+            required_prompts,
+            steps,
+            hires_steps,
+            use_old_scheduling,
+            opts.CLIP_stop_at_last_layers,
+            self.host.sd_model_name,
+            tuple(extra_network_data),
+            opts.sdxl_crop_left,
+            opts.sdxl_crop_top,
+            self.width,
+            self.height,
+            opts.emphasis,
+        )
+        if self.host.flavour == "forge2":
+            key = (*key, self.distilled_cfg_scale)
+        return key
+
+    def get_conds_with_caching(
+        self, function, required_prompts, steps, caches, extra_network_data, hires_steps=None
+    ):
+        opts = self.host.shared.opts
+        params = self.cached_params(
+            required_prompts, steps, extra_network_data, hires_steps, opts.use_old_scheduling
+        )
+        for cache in caches:
+            if cache[0] is not None and params == cache[0]:
+                return cache[1]
+        cache = caches[0]
+        with self.host.devices.autocast():
+            cache[1] = function(
+                self.host.shared.sd_model, required_prompts, steps, hires_steps, opts.use_old_scheduling
+            )
+        cache[0] = params
+        return cache[1]
+
+    def setup_conds(self):
+        pp = self.host.prompt_parser
+        prompts = pp.SdConditioning(self.prompts, width=self.width, height=self.height)
+        negative = pp.SdConditioning(
+            self.negative_prompts, width=self.width, height=self.height, is_negative_prompt=True
+        )
+        skip_uncond = self.host.flavour == "forge2" and self.cfg_scale == 1
+        self.uc = (
+            None
+            if skip_uncond
+            else self.get_conds_with_caching(
+                pp.get_learned_conditioning, negative, self.steps, [self.cached_uc], self.extra_network_data
+            )
+        )
+        self.c = self.get_conds_with_caching(
+            pp.get_multicond_learned_conditioning,
+            prompts,
+            self.steps,
+            [self.cached_c],
+            self.extra_network_data,
+        )
+
+    def hires(self):
+        pass
+
+
+class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+    cached_hr_uc: ClassVar[list] = [None, None]
+    cached_hr_c: ClassVar[list] = [None, None]
+
+    def __init__(self, host, enable_hr=False, hr_scale=2.0, hr_prompt="", hr_negative_prompt="", **kw):
+        super().__init__(host, **kw)
+        self.enable_hr, self.hr_scale = enable_hr, hr_scale
+        self.hr_prompt, self.hr_negative_prompt = hr_prompt, hr_negative_prompt
+
+    def setup_prompts(self):
+        super().setup_prompts()
+        self.all_hr_prompts = [self.hr_prompt or p for p in self.all_prompts]
+        self.all_hr_negative_prompts = [self.hr_negative_prompt or p for p in self.all_negative_prompts]
+
+    def calculate_hr_conds(self):
+        pp = self.host.prompt_parser
+        w, h = int(self.width * self.hr_scale), int(self.height * self.hr_scale)
+        hr_prompts = pp.SdConditioning(self.hr_prompts, width=w, height=h)
+        hr_negative = pp.SdConditioning(self.hr_negative_prompts, width=w, height=h, is_negative_prompt=True)
+        self.hr_uc = self.get_conds_with_caching(
+            pp.get_learned_conditioning,
+            hr_negative,
+            self.steps,
+            [self.cached_hr_uc, self.cached_uc],
+            self.extra_network_data,
+        )
+        self.hr_c = self.get_conds_with_caching(
+            pp.get_multicond_learned_conditioning,
+            hr_prompts,
+            self.steps,
+            [self.cached_hr_c, self.cached_c],
+            self.extra_network_data,
+        )
+
+    def hires(self):
+        if self.enable_hr:
+            self.calculate_hr_conds()
+            self.sampled[-1].hr_c, self.sampled[-1].hr_uc = self.hr_c, self.hr_uc
+
+
+class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
+    def __init__(self, host, init_images=(), inpaint_full_res=False, inpaint_size=(512, 512), **kw):
+        super().__init__(host, **kw)
+        self.init_images = list(init_images)
+        if inpaint_full_res:  # "only masked": conds for the crop's size
+            self.width, self.height = inpaint_size
+
+
+@dataclass
+class Processed:
+    images: list
+    infotexts: list
+    extra_generation_params: dict
+
+
+def create_infotext(p, index: int) -> str:
+    params = {"Steps": p.steps, "Size": f"{p.width}x{p.height}", **p.extra_generation_params}
+
+    def quote(v):
+        text = str(v)
+        return text if not any(c in text for c in ',:"\n') else '"' + text.replace('"', '\\"') + '"'
+
+    return (
+        p.all_prompts[index]
+        + "\nNegative prompt: "
+        + p.all_negative_prompts[index]
+        + "\n"
+        + ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
+    )
+
+
+def process_images(p) -> Processed:
+    host = p.host
+    p.setup_prompts()
+    if p.scripts is not None:
+        p.scripts.process(p)
+    images, infotexts = [], []
+    for n in range(p.n_iter):
+        if host.shared.state.interrupted:
+            break
+        sl = slice(n * p.batch_size, (n + 1) * p.batch_size)
+        p.prompts, p.negative_prompts = p.all_prompts[sl], p.all_negative_prompts[sl]
+        if hasattr(p, "all_hr_prompts"):
+            p.hr_prompts, p.hr_negative_prompts = p.all_hr_prompts[sl], p.all_hr_negative_prompts[sl]
+            p.hr_prompts = [_extra_networks(x)[0] for x in p.hr_prompts]
+        parsed = [_extra_networks(x) for x in p.prompts]
+        p.prompts = [x for x, _ in parsed]
+        p.extra_network_data = [n for _, nets in parsed for n in nets]
+        p.setup_conds()
+        p.sampled.append(Sampled(p.c, p.uc, list(p.prompts), list(p.negative_prompts), p.width, p.height))
+        p.hires()
+        if p.scripts is not None:
+            p.scripts.postprocess_batch(p, [], batch_number=n)
+        for i in range(len(p.prompts)):
+            images.append(f"image {n}.{i}")
+            infotexts.append(create_infotext(p, n * p.batch_size + i))
+    processed = Processed(images, infotexts, dict(p.extra_generation_params))
+    if p.scripts is not None:
+        p.scripts.postprocess(p, processed)
+    return processed
+
+
+# ---------------------------------------------------------------------------------------------- the host
+@dataclass
+class Callbacks:
+    model_loaded: list = field(default_factory=list)
+    script_unloaded: list = field(default_factory=list)
+    ui_settings: list = field(default_factory=list)
+    app_started: list = field(default_factory=list)
+
+
+class Host:
+    """Registers the stand-in modules in ``sys.modules`` (``install``) and drives them like the WebUI does."""
+
+    def __init__(self, flavour: str, models_path: str):
+        assert flavour in ("a1111", "forge2")
+        self.flavour = flavour
+        self.models_path = models_path
+        self.styles = {"cinematic": ("cinematic lighting", "blurry")}
+        self.sd_model_name = "sdxl_base"
+        self.callbacks = Callbacks()
+        self.manual_cast = True  # A1111 on MPS/XPU/old GPUs; False: torch.autocast (thread-local) as on CUDA
+        self.script_errors: list = []
+        self.modules: dict[str, types.ModuleType] = {}
+        self._build()
+
+    def _module(self, name: str, **attrs) -> types.ModuleType:
+        m = types.ModuleType(name)
+        m.__dict__.update(attrs)
+        self.modules[name] = m
+        return m
+
+    def _build(self) -> None:
+        opts = Options(
+            emphasis="Original",
+            sdxl_crop_top=0,
+            sdxl_crop_left=0,
+            CLIP_stop_at_last_layers=1,
+            use_old_scheduling=False,
+            persistent_cond_cache=True,
+        )
+        self.shared = self._module(
+            "modules.shared", opts=opts, state=State(), cmd_opts=Options(), sd_model=None
+        )
+        self.prompt_parser = self._module(
+            "modules.prompt_parser",
+            **{
+                k: globals()[k]
+                for k in (
+                    "SdConditioning",
+                    "get_learned_conditioning",
+                    "get_multicond_learned_conditioning",
+                    "get_learned_conditioning_prompt_schedules",
+                    "get_multicond_prompt_list",
+                )
+            },
+        )
+        autocast = contextlib.nullcontext if self.flavour == "forge2" else self._a1111_autocast
+        self.devices = self._module(
+            "modules.devices", autocast=autocast, device=torch.device("cpu"), torch_gc=lambda: None
+        )
+        slots = 3 if self.flavour == "forge2" else 2  # Forge2 keeps extra generation params in a 3rd slot
+
+        def cache() -> list:
+            return [None] * slots
+
+        base = type(
+            "StableDiffusionProcessing",
+            (StableDiffusionProcessing,),
+            {"cached_uc": cache(), "cached_c": cache()},
+        )
+        t2i = type(
+            "StableDiffusionProcessingTxt2Img",
+            (StableDiffusionProcessingTxt2Img, base),
+            {"cached_hr_uc": cache(), "cached_hr_c": cache()},
+        )
+        i2i = type("StableDiffusionProcessingImg2Img", (StableDiffusionProcessingImg2Img, base), {})
+        self.processing = self._module(
+            "modules.processing",
+            StableDiffusionProcessing=base,
+            StableDiffusionProcessingTxt2Img=t2i,
+            StableDiffusionProcessingImg2Img=i2i,
+            process_images=process_images,
+        )
+        self.scripts = self._module("modules.scripts", Script=Script, AlwaysVisible=AlwaysVisible)
+        cb = self.callbacks
+        self.script_callbacks = self._module(
+            "modules.script_callbacks",
+            on_model_loaded=cb.model_loaded.append,
+            on_script_unloaded=cb.script_unloaded.append,
+            on_ui_settings=cb.ui_settings.append,
+            on_app_started=cb.app_started.append,
+        )
+        self.model_data = Options(sd_model=None)
+        self._module("modules.sd_models", model_data=self.model_data)
+        self._module("modules.paths", models_path=self.models_path)
+        self._module("modules", __path__=[])
+        if self.flavour == "forge2":
+            self._module("backend", __path__=[])
+            self._module("backend.diffusion_engine", __path__=[])
+            self._module("backend.memory_management", free_memory=lambda nbytes, device: None)
+
+    def _a1111_autocast(self):
+        return _manual_cast() if self.manual_cast else torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def install(self) -> Host:
+        for name in MODULES:
+            sys.modules.pop(name, None)
+        for name, m in self.modules.items():
+            m.__spec__ = types.SimpleNamespace(
+                name=name,
+                submodule_search_locations=getattr(m, "__path__", None),
+                loader=None,
+                parent=name.rpartition(".")[0],
+            )
+            sys.modules[name] = m
+        return self
+
+    def uninstall(self) -> None:
+        for name in MODULES:
+            sys.modules.pop(name, None)
+
+    # -- model loading, like sd_models.load_model + script_callbacks.model_loaded_callback ------------------
+    def load_model(self, kind: str = "sdxl") -> Any:
+        if self.flavour == "forge2":
+            model = StableDiffusionXL(self.shared)
+        else:
+            model = {
+                "sdxl": lambda: FakeSgmSDXL(self.shared),
+                "refiner": lambda: FakeSgmSDXL(self.shared, True),
+                "sd15": lambda: FakeSD15(self.shared),
+            }[kind]()
+        self.sd_model_name = kind
+        self.shared.sd_model = model
+        self.model_data.sd_model = model
+        model.get_learned_conditioning([""])  # the model-load call with a plain list
+        for fn in self.callbacks.model_loaded:
+            fn(model)
+        return model
+
+    def unload_scripts(self) -> None:
+        for fn in self.callbacks.script_unloaded:
+            fn()
+        self.callbacks.script_unloaded.clear()
+        self.callbacks.model_loaded.clear()
+
+    # -- a generation with always-on scripts ------------------------------------------------------------------
+    def txt2img(self, scripts_and_args: list[tuple[Any, list]] = (), **kw):
+        return self._run(self.processing.StableDiffusionProcessingTxt2Img, scripts_and_args, **kw)
+
+    def img2img(self, scripts_and_args: list[tuple[Any, list]] = (), **kw):
+        return self._run(self.processing.StableDiffusionProcessingImg2Img, scripts_and_args, **kw)
+
+    def _run(self, cls, scripts_and_args, **kw):
+        scripts_list, args = [], []
+        for script, script_args in scripts_and_args:
+            script.args_from, script.args_to = len(args), len(args) + len(script_args)
+            scripts_list.append(script)
+            args.extend(script_args)
+        p = cls(self, script_args=args, scripts=ScriptRunner(scripts_list, self.script_errors), **kw)
+        return p, self.processing.process_images(p)
+
+
+@contextlib.contextmanager
+def _manual_cast():
+    """A1111's ``devices.autocast()`` on a GPU without autocast support: ``manual_cast`` patches forwards."""
+    patched = (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Embedding)
+
+    def cast_forward(self, *args, **kwargs):
+        raise AssertionError("manual_cast forward ran inside llmcond's encode")
+
+    for cls in patched:
+        if not hasattr(cls, "org_forward"):
+            cls.org_forward = cls.forward
+            cls.forward = cast_forward
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
+    finally:
+        for cls in patched:
+            if "org_forward" in cls.__dict__:
+                cls.forward = cls.org_forward
+                del cls.org_forward

@@ -1,0 +1,150 @@
+"""The accordion inside a real gradio page (3.41.2 / 4.40.0) driven by headless Chromium.
+
+Run in .venv-gradio3 and .venv-gradio4 (dev/extra-setup.sh). Set LLMCOND_SCREENSHOT_DIR to keep a screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+gr = pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from lib_llmcond.webui import api, request, templates_io, ui  # noqa: E402
+from lib_llmcond.webui.settings import read  # noqa: E402
+from webui_standin import fakes  # noqa: E402
+from webui_standin.conftest import make_models  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+TEMPLATE = "## Character\nA knight in silver armour.\n## Scene\nA misty forest at dawn."
+CHROME_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float = 30) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(url + "/config", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+@pytest.fixture
+def page_url(tmp_path, monkeypatch):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (dev/extra-setup.sh installs it)")
+    root = make_models(tmp_path / "models")
+    monkeypatch.setattr(request, "options_class", fakes.options_class)
+    monkeypatch.setattr(templates_io, "names", lambda folders=(): ["Character sheet"])
+    monkeypatch.setattr(templates_io, "text", lambda name, folders=(): TEMPLATE)
+    engine = fakes.FakeEngine()
+    from lib_llmcond.models import find_models
+
+    def settings():
+        return read(None, root)
+
+    choices = ui.Choices(
+        llms=lambda: [m.name for m in find_models(settings().llm_folders, "llm")],
+        adapters=lambda: [m.name for m in find_models(settings().adapter_folders, "adapter")],
+        templates=templates_io.names,
+        presets=lambda: ["Default"],
+        describe=lambda llm, adapter: f"LLM {llm} with adapter {adapter}",
+    )
+    with gr.Blocks() as demo:
+        gr.Textbox("", label="Prompt", elem_id="txt2img_prompt", lines=3)
+        ui.build("txt2img", choices)
+    port = free_port()
+    app, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    api.mount(app, lambda: engine, settings)
+    url = f"http://127.0.0.1:{port}"
+    wait_for(url)
+    yield url, root
+    demo.close()
+
+
+def test_accordion_in_chromium(page_url):
+    url, root = page_url
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.add_init_script(path=str(REPO / "javascript" / "llmcond.js"))
+        page.goto(url)
+        acc = page.locator("#txt2img_llmcond")
+        acc.wait_for(timeout=20000)
+        page.get_by_text("LLM text encoder (llmcond)").first.click()  # open
+        enable = page.locator("#txt2img_llmcond_enable input[type=checkbox]")
+        enable.check()
+        assert enable.is_checked()
+
+        # choose models
+        page.locator("#txt2img_llmcond_llm input").click()
+        page.locator("ul.options li", has_text="tiny-q4.gguf").first.click()
+        info = page.locator("#txt2img_llmcond_info").first
+        page.wait_for_function(
+            "() => document.querySelector('#txt2img_llmcond_info').innerText.includes('tiny-q4')"
+        )
+        assert "other-adapter.safetensors" in info.inner_text()  # the first adapter is preselected
+
+        # refresh finds a new file
+        (root / "LLM" / "fresh-model.gguf").write_bytes(b"GGUF" + bytes(8))
+        page.locator("#txt2img_llmcond_refresh").click()
+        page.locator("#txt2img_llmcond_llm input").click()
+        page.locator("ul.options li", has_text="fresh-model.gguf").first.wait_for(timeout=10000)
+        page.keyboard.press("Escape")
+
+        # the counter follows the prompt
+        box = page.locator("#txt2img_prompt textarea")
+        box.fill("a knight in a forest")
+        counter = page.locator("#txt2img_llmcond_counter").first
+        page.wait_for_function(
+            "() => document.querySelector('#txt2img_llmcond_counter').innerText.includes('5/512')"
+        )
+        box.fill(" ".join(["word"] * 612))
+        page.wait_for_function(
+            "() => document.querySelector('#txt2img_llmcond_counter').innerText.includes('cut at')"
+        )
+        assert "612/512" in counter.inner_text()
+        page.locator("#txt2img_llmcond_chunk input[type=checkbox]").check()
+        page.wait_for_function(
+            "() => document.querySelector('#txt2img_llmcond_counter').innerText.includes('612/512, 2 chunks')"
+        )
+        shots = os.environ.get("LLMCOND_SCREENSHOT_DIR")
+        if shots:
+            acc.screenshot(path=str(Path(shots) / f"accordion-gradio{gr.__version__.split('.')[0]}.png"))
+
+        # insert a template at the end of the prompt
+        box.fill("masterpiece")
+        page.locator("#txt2img_llmcond_template input").click()
+        page.locator("ul.options li", has_text="Character sheet").first.click()
+        page.locator("#txt2img_llmcond_insert").click()
+        page.wait_for_function(
+            "() => document.querySelector('#txt2img_prompt textarea').value.includes('knight')"
+        )
+        assert box.input_value() == "masterpiece\n" + TEMPLATE
+        n = len(box.input_value().split())
+        page.wait_for_function(
+            f"() => document.querySelector('#txt2img_llmcond_counter').innerText.includes('tokens: {n}/512')"
+        )
+        browser.close()
