@@ -115,13 +115,17 @@ def test_many_special_tokens_stay_fast(tiny_dir, tmp_path):
     """Real Gemma files declare thousands of added tokens; matching them must not cost per-token time."""
     d = tmp_path / "many"
     shutil.copytree(tiny_dir, d)
-    tok = load_tokenizer(d)
+    base, tok = load_tokenizer(d), load_tokenizer(d)
     specials = [f"<unused{i}>" for i in range(6000)]
     tok.__init__(tok._sp, tok.special, specials)  # the same tokenizer with 6000 more special strings
-    text = "a girl with long red hair, masterpiece " * 300
-    t0 = time.perf_counter()
-    tok.encode(text)
-    assert time.perf_counter() - t0 < 0.5
+    text = "a girl with long red hair, <unused masterpiece " * 300
+
+    def seconds(t) -> float:
+        t0 = time.perf_counter()
+        t.encode(text)
+        return time.perf_counter() - t0
+
+    assert seconds(tok) < 2 * seconds(base) + 0.1
 
 
 @pytest.mark.oracle
@@ -149,3 +153,29 @@ def test_ids_and_offsets_equal_gemma_tokenizer_fast(tmp_path, prefix27):
 def test_config_json_is_valid(tiny_dir):
     config = json.loads((tiny_dir / "tokenizer_config.json").read_text())
     assert config["padding_side"] == "left" and config["add_bos_token"] is True
+
+
+def test_protobuf_free_piece_reader_agrees_with_sentencepiece(tiny_dir):
+    import sentencepiece as spm
+
+    from lib_llmcond.text.spm_model import CONTROL, USER_DEFINED, piece_types, pieces_of_type
+
+    data = (tiny_dir / "tokenizer.model").read_bytes()
+    sp = spm.SentencePieceProcessor()
+    sp.LoadFromSerializedProto(data)
+    types = piece_types(data)
+    assert [p for p, _ in types] == [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    assert [i for i, (_, k) in enumerate(types) if k == CONTROL] == [
+        i for i in range(sp.get_piece_size()) if sp.is_control(i)
+    ]
+    assert [i for i, (_, k) in enumerate(types) if k == 6] == [
+        i for i in range(sp.get_piece_size()) if sp.is_byte(i)
+    ]
+    assert pieces_of_type(data, USER_DEFINED) == [
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "<start_of_image>",
+        "<end_of_image>",
+        "\n\n",
+        "\n",
+    ]

@@ -55,3 +55,38 @@ def piece_types(model: bytes) -> list[tuple[str, int]]:
                 kind = v
         out.append((piece, kind))
     return out
+
+
+def pieces_of_type(model: bytes, kind: int) -> list[str]:
+    """Pieces of one type. Fast path for the 262k-piece Gemma file: each piece message is only decoded when its
+    bytes contain the type field with that value."""
+    marker = bytes([3 << 3 | 0, kind])  # field 3, varint, value ``kind`` (< 128)
+    out: list[str] = []
+    pos, end = 0, len(model)
+    while pos < end:
+        key, pos = _varint(model, pos)
+        wire = key & 7
+        if wire != 2:
+            _, pos = _skip(model, pos, wire)
+            continue
+        size, pos = _varint(model, pos)
+        stop = pos + size
+        if key == (1 << 3 | 2) and model.find(marker, pos, stop) >= 0:
+            piece, found = "", NORMAL
+            for f, w, v in _fields(model[pos:stop]):
+                if f == 1 and w == 2:
+                    piece = bytes(v).decode("utf-8")
+                elif f == 3 and w == 0:
+                    found = v
+            if found == kind:
+                out.append(piece)
+        pos = stop
+    return out
+
+
+def _skip(buf: bytes, pos: int, wire: int) -> tuple[None, int]:
+    if wire == 0:
+        return None, _varint(buf, pos)[1]
+    if wire in (1, 5):
+        return None, pos + (8 if wire == 1 else 4)
+    raise ValueError(f"unsupported protobuf wire type {wire}")
