@@ -1,0 +1,110 @@
+"""Our path vs the reference's transformers path, same random-weight models of the real shapes, same run.
+
+    python -m benchmarks.run [--models gemma,t5gemma,qwen3] [--repeats 3] [--device cpu|cuda] [--tiny]
+
+Each side runs in its own process (clean memory numbers); the table shows min-of-N times, memory and the
+ratio ours / transformers (lower is better). JSON goes to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+ROWS = [
+    ("load_cold_s", "load, first in process", "s"),
+    ("load_warm_s", "load, again (page cache warm)", "s"),
+    ("resident_after_load", "resident memory added by the load", "GB"),
+    ("encode_16_s", "encode 16 tokens", "s"),
+    ("encode_77_s", "encode 77 tokens", "s"),
+    ("encode_256_s", "encode 256 tokens", "s"),
+    ("encode_512_s", "encode 512 tokens", "s"),
+    ("adapter_77_s", "adapter only (77 tokens, fp32)", "s"),
+    ("engine_1_prompt_s", "whole chain, 1 prompt (~80 tokens)", "s"),
+    ("engine_cond_uncond_s", "whole chain, cond + uncond", "s"),
+    ("engine_4_prompts_s", "whole chain, 4 per-image prompts", "s"),
+    ("cache_hit_s", "cache hit (same prompt, new size)", "ms"),
+    ("peak_rss", "peak RSS while loading + encoding (above the bare process)", "GB"),
+    ("weight_bytes", "weights on disk", "GB"),
+]
+
+
+def run_side(side: str, model: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.worker", "--side", side, "--model", model]
+    cmd += ["--repeats", str(args.repeats), "--device", args.device] + (["--tiny"] if args.tiny else [])
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "GB":
+        return f"{value / 1e9:.2f}"
+    if unit == "ms":
+        return f"{value * 1000:.1f}"
+    return f"{value:.3f}"
+
+
+def table(name: str, ours: dict, hf: dict) -> str:
+    lines = [
+        f"### {name}",
+        "",
+        "| row | unit | ours | transformers | ours / transformers |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label, unit in ROWS:
+        a, b = ours.get(key), hf.get(key)
+        if a is None and b is None:
+            continue
+        ratio = f"{a / b:.2f}x" if a is not None and b else "-"
+        lines.append(f"| {label} | {unit} | {fmt(a, unit)} | {fmt(b, unit)} | {ratio} |")
+    if "peak_rss" in ours and ours.get("weight_bytes"):
+        lines.append(
+            f"| peak RSS / weight bytes (ours) | | {ours['peak_rss'] / ours['weight_bytes']:.2f} | | |"
+        )
+    for side, res in (("ours", ours), ("transformers", hf)):
+        if "error" in res:
+            lines.append(f"\n{side} failed: {res['error']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="gemma,t5gemma,qwen3")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes: a smoke test of the harness")
+    args = parser.parse_args(argv)
+    from benchmarks.models import bench_models, ensure
+
+    models = bench_models(args.tiny)
+    report, out = [], {}
+    for key in [k.strip() for k in args.models.split(",") if k.strip()]:
+        ensure(models[key])  # write the model once, outside the timed processes
+        ours, hf = run_side("ours", key, args), run_side("hf", key, args)
+        out[key] = {"ours": ours, "transformers": hf}
+        report.append(table(f"{models[key].name} ({args.device})", ours, hf))
+        print(report[-1] + "\n", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = (
+        RESULTS / f"bench-{args.device}{'-tiny' if args.tiny else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
+    path.write_text(json.dumps(out, indent=2))
+    print(f"JSON: {path}")
+    return 0 if all("error" not in v["ours"] for v in out.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

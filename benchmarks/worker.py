@@ -1,0 +1,210 @@
+"""One side of one benchmark in a fresh process (so memory numbers are its own); prints one JSON line.
+
+python -m benchmarks.worker --side ours|hf --model gemma [--tiny] [--repeats 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+LENGTHS = (16, 77, 256, 512)
+DTYPE = torch.bfloat16
+
+
+def best(fn: Callable[[], object], repeats: int, device: str) -> float:
+    """Minimum wall time over ``repeats`` runs (after one warm-up), seconds."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (the interpreter and torch included; callers subtract
+    the resident memory measured before loading)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def ids_of(length: int, vocab: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + length)
+    return torch.randint(3, min(vocab, 50_000), (1, length), generator=g)
+
+
+def weight_bytes(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
+
+
+# -- our path ------------------------------------------------------------------------------------------------
+def run_ours(m, llm_dir: Path, adapter: Path | None, repeats: int, device: str) -> dict:
+    from lib_llmcond.encoders.llm import load_llm
+
+    out: dict = {}
+    base = rss_bytes()
+    t0 = time.perf_counter()
+    llm = load_llm(llm_dir, dtype=DTYPE, device=device)
+    out["load_cold_s"] = time.perf_counter() - t0
+    out["resident_after_load"] = rss_bytes() - base
+    del llm
+    gc.collect()
+    t0 = time.perf_counter()
+    llm = load_llm(llm_dir, dtype=DTYPE, device=device)
+    out["load_warm_s"] = time.perf_counter() - t0
+    model, causal = llm.model, llm.config.causal
+    for n in LENGTHS:
+        ids = ids_of(n, llm.config.vocab_size).to(device)
+        mask = torch.ones_like(ids)
+        # the T5Gemma path runs the real tokens at the positions of the reference's padded layout
+        pos = None if causal else torch.arange(512 - n, 512, device=device)[None]
+        with torch.inference_mode():
+            out[f"encode_{n}_s"] = best(
+                lambda ids=ids, mask=mask, pos=pos, f=model: f(ids, mask, pos), repeats, device
+            )
+    out["peak_rss"] = peak_rss_bytes() - base
+    del llm, model
+    gc.collect()
+    if adapter is not None:
+        out.update(_ours_engine_rows(llm_dir, adapter, repeats, device))
+    return out
+
+
+def _ours_engine_rows(llm_dir: Path, adapter: Path, repeats: int, device: str) -> dict:
+    from lib_llmcond.adapters.loader import load_adapter
+    from lib_llmcond.engine import EncodeOptions, Engine
+
+    out: dict = {}
+    ad = load_adapter(adapter, device=device)
+    h = torch.randn(1, 77, ad.llm_dim, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.inference_mode():
+        out["adapter_77_s"] = best(lambda f=ad: f(h), repeats, device)
+    del ad
+    engine = Engine(cache_size=1024)
+    opts = EncodeOptions(
+        llm=str(llm_dir), adapter=str(adapter), device=device, memory="keep", emphasis="None"
+    )
+    words = (
+        "a girl with long silver hair stands in a field of flowers under a blue sky looking at the viewer "
+    )
+    prompt = (words * 8).strip()  # ~77-90 tokens with the tiny tokenizer's pieces
+    counter = [0]
+
+    def fresh(texts: list[str]) -> Callable[[], object]:
+        def run() -> object:
+            counter[0] += 1
+            return engine.get_conditioning(
+                [f"{t} {counter[0]}" for t in texts], opts, width=1024, height=1024
+            )  # a new text each run: no cache hits
+
+        return run
+
+    out["engine_1_prompt_s"] = best(fresh([prompt]), repeats, device)
+    out["engine_cond_uncond_s"] = best(fresh([prompt, "lowres, bad anatomy"]), repeats, device)
+    out["engine_4_prompts_s"] = best(
+        fresh([prompt, prompt + " red", prompt + " blue", prompt + " green"]), repeats, device
+    )
+    engine.get_conditioning([prompt], opts, width=1024, height=1024)
+    sizes = iter(range(512, 4096, 8))
+    out["cache_hit_s"] = best(
+        lambda: engine.get_conditioning([prompt], opts, width=next(sizes), height=1024), repeats, device
+    )
+    return out
+
+
+# -- the reference's transformers path -----------------------------------------------------------------------
+def run_hf(m, llm_dir: Path, adapter: Path | None, repeats: int, device: str) -> dict:
+    import transformers
+
+    def load():
+        if m.family == "t5gemma":
+            return transformers.T5GemmaEncoderModel.from_pretrained(
+                llm_dir, is_encoder_decoder=False, dtype=DTYPE
+            ).to(device)
+        cls = {"gemma3": transformers.Gemma3ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM}[m.family]
+        return cls.from_pretrained(llm_dir, dtype=DTYPE).to(device)
+
+    out: dict = {}
+    base = rss_bytes()
+    t0 = time.perf_counter()
+    model = load().eval()
+    out["load_cold_s"] = time.perf_counter() - t0
+    out["resident_after_load"] = rss_bytes() - base
+    del model
+    gc.collect()
+    t0 = time.perf_counter()
+    model = load().eval()
+    out["load_warm_s"] = time.perf_counter() - t0
+    vocab = model.config.vocab_size if m.family != "t5gemma" else model.config.encoder.vocab_size
+    for n in LENGTHS:
+        ids = ids_of(n, vocab).to(device)
+        if m.family == "t5gemma":  # the reference pads every prompt to 512 and passes the mask
+            full = torch.zeros(1, 512, dtype=torch.long, device=device)
+            full[:, 512 - n :] = ids
+            mask = (torch.arange(512, device=device) >= 512 - n).long()[None]
+
+            def fn(full=full, mask=mask):
+                return model(input_ids=full, attention_mask=mask).last_hidden_state
+        else:
+
+            def fn(ids=ids):
+                return model(ids, output_hidden_states=True).hidden_states[-1]
+
+        with torch.no_grad():
+            out[f"encode_{n}_s"] = best(fn, repeats, device)
+    out["peak_rss"] = peak_rss_bytes() - base
+    if adapter is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from ref_oracle import RefAdapter
+        from safetensors.torch import load_file
+
+        ad = RefAdapter(load_file(str(adapter))).to(device)
+        hidden = model.config.encoder.hidden_size if m.family == "t5gemma" else model.config.hidden_size
+        h = torch.randn(1, 77, hidden, generator=torch.Generator().manual_seed(0)).to(device)
+        with torch.no_grad():
+            out["adapter_77_s"] = best(lambda: ad(h), repeats, device)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    from benchmarks.models import bench_models, ensure
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--side", choices=["ours", "hf"], required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    m = bench_models(args.tiny)[args.model]
+    llm_dir, adapter = ensure(m)
+    run = run_ours if args.side == "ours" else run_hf
+    result = run(m, llm_dir, adapter, args.repeats, args.device)
+    result["weight_bytes"] = weight_bytes(llm_dir)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Smoke test of the benchmark harness on tiny shapes (not a timed test: it checks the table and JSON exist)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_benchmark_harness_runs_on_tiny_models(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--tiny", "--models", "gemma", "--repeats", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| encode 512 tokens | s |" in proc.stdout and "ours / transformers" in proc.stdout
+    path = Path(proc.stdout.strip().splitlines()[-1].removeprefix("JSON: "))
+    data = json.loads(path.read_text())
+    assert {"ours", "transformers"} <= set(data["gemma"]) and data["gemma"]["ours"]["encode_77_s"] > 0
+    path.unlink()
