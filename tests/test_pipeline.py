@@ -141,3 +141,18 @@ def test_models_loaded_inside_inference_mode_work(demo):
         e.get_conditioning(["a fox"], opts(demo), width=1024, height=1024)
     again = e.get_conditioning(["a red fox"], opts(demo), width=1024, height=1024)  # outside, same models
     assert torch.isfinite(again["crossattn"]).all()
+
+
+def test_count_tokens_agrees_with_the_encode_report(engine, demo):
+    import dataclasses
+
+    o = opts(demo)
+    for text in ["a (red:1.2) fox", long_prompt(6)]:
+        reports: list = []
+        cond(engine, o, text, reports=reports)
+        counted = engine.count_tokens(text, o)
+        assert counted.tokens == reports[0].tokens and (counted.cut is None) == (reports[0].cut is None)
+    chunked = engine.count_tokens(long_prompt(6), dataclasses.replace(o, chunk=True))
+    reports = []
+    cond(engine, dataclasses.replace(o, chunk=True), long_prompt(6), reports=reports)
+    assert chunked.chunks == reports[0].chunks > 1 and "chunks" in chunked.describe()
