@@ -64,7 +64,8 @@ GRAMMAR = [
     ("a) b] c", [("a) b] c", 1.0)]),  # unmatched closers are text
     ("[a", [("a", S)]),  # unclosed openers run to the end
     ("[unbalanced", [("unbalanced", 0.9090909090909091)]),
-    ("(a: 1.2)", [("a: 1.2", R)]),  # no spaces around a weight: the host reads ":" as text here
+    ("(a: 1.2)", [("a", 1.2)]),  # the host's weight pattern allows spaces: ":\s*1.2\s*)"
+    ("(a :1.5 )", [("a ", 1.5)]),
     ("BREAKING break", [("BREAKING break", 1.0)]),
     ("(a [b", [("a ", R), ("b", 1.0 * R * S)]),  # unclosed: all round first, then square
     ("\\\\ \\)", [("\\ )", 1.0)]),

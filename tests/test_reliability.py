@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lib_llmcond.engine import Engine, EncodeOptions
+from lib_llmcond.engine import EncodeOptions, Engine
 from lib_llmcond.errors import IncompatibleModelsError, LlmcondError, ModelFileError
 from lib_llmcond.tiny import build_demo_models, build_tiny_adapter
 
@@ -144,7 +144,9 @@ def test_concurrent_requests_get_their_own_conditioning(demo, tmp_path):
     other = build_tiny_adapter(tmp_path / "other.safetensors", seed=5)
     engine = Engine()
     jobs = [(f"prompt number {i}", adapter if i % 2 else other) for i in range(8)]
-    expected = {(t, str(a)): Engine().get_conditioning([t], opts(llm, a), width=1024, height=1024) for t, a in jobs}
+    expected = {
+        (t, str(a)): Engine().get_conditioning([t], opts(llm, a), width=1024, height=1024) for t, a in jobs
+    }
     results: dict = {}
     errors: list = []
 
@@ -166,7 +168,9 @@ def test_concurrent_requests_get_their_own_conditioning(demo, tmp_path):
 
 
 PROMPT_TEXT = st.text(
-    alphabet=st.sampled_from(list("ab (:)[]\\1.2 BREAK\n#,.`*") + ["\x00", "\u200b", "😀", "字", "\U0010fffd"])
+    alphabet=st.sampled_from(
+        [*"ab (:)[]\\1.2 BREAK\n#,.`*", "\x00", "\u200b", "😀", "字", "\U0010fffd"]
+    )
     | st.characters(),
     max_size=60,
 )
@@ -177,8 +181,14 @@ PROMPT_TEXT = st.text(
 @given(text=PROMPT_TEXT, mode=st.sampled_from(["None", "Ignore", "Original", "No norm"]), chunk=st.booleans())
 def test_any_text_gives_finite_conditioning(engine, demo, text, mode, chunk):
     llm, adapter = demo
-    c = engine.get_conditioning([text, ""], opts(llm, adapter, emphasis=mode, chunk=chunk), width=832, height=1216)
-    assert c["crossattn"].shape[0] == 2 and c["crossattn"].shape[1] % 308 == 0 and c["crossattn"].shape[2] == 2048
+    c = engine.get_conditioning(
+        [text, ""], opts(llm, adapter, emphasis=mode, chunk=chunk), width=832, height=1216
+    )
+    assert (
+        c["crossattn"].shape[0] == 2
+        and c["crossattn"].shape[1] % 308 == 0
+        and c["crossattn"].shape[2] == 2048
+    )
     assert c["vector"].shape == (2, 2816)
     assert torch.isfinite(c["crossattn"]).all() and torch.isfinite(c["vector"]).all()
 
@@ -189,4 +199,6 @@ def test_very_long_prompt_is_reported_not_silent(engine, demo):
     text = "a red fox in the snow, " * 2000  # 40,000+ characters
     c = engine.get_conditioning([text], opts(llm, adapter), width=1024, height=1024, reports=reports)
     assert c["crossattn"].shape == (1, 308, 2048)
-    assert reports[0].tokens > 512 and reports[0].cut is not None and "cut at token 512" in reports[0].describe()
+    assert (
+        reports[0].tokens > 512 and reports[0].cut is not None and "cut at token 512" in reports[0].describe()
+    )

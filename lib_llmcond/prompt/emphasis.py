@@ -32,7 +32,7 @@ MIN_WEIGHT = (
 
 _ESCAPABLE = "()[]\\"
 _SPECIAL = "\\()[]:"
-_WEIGHT_CLOSE = re.compile(r":([+-]?[.\d]+)\)")
+_WEIGHT_CLOSE = re.compile(r":\s*([+-]?[.\d]+)\s*\)")  # the hosts allow spaces around the number
 _BREAK_SPLIT = re.compile(r"\s*\bBREAK\b\s*")
 
 
