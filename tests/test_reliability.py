@@ -168,9 +168,7 @@ def test_concurrent_requests_get_their_own_conditioning(demo, tmp_path):
 
 
 PROMPT_TEXT = st.text(
-    alphabet=st.sampled_from(
-        [*"ab (:)[]\\1.2 BREAK\n#,.`*", "\x00", "\u200b", "😀", "字", "\U0010fffd"]
-    )
+    alphabet=st.sampled_from([*"ab (:)[]\\1.2 BREAK\n#,.`*", "\x00", "\u200b", "😀", "字", "\U0010fffd"])
     | st.characters(),
     max_size=60,
 )
