@@ -58,6 +58,7 @@ class GGUFFile:
     metadata: dict[str, Any]
     tensors: dict[str, TensorInfo]
     data: np.ndarray = field(repr=False)  # the whole file, memory-mapped copy-on-write, uint8
+    data_offset: int = 0  # where tensor data starts (the header, metadata and tensor directory come before)
 
     @property
     def architecture(self) -> str:
@@ -191,7 +192,7 @@ def open_gguf(path: str | Path) -> GGUFFile:
         if info.offset + info.n_bytes > len(data):
             raise _error(path, f"the tensor data is truncated (tensor {name} ends past the end of the file)")
         tensors[name] = info
-    return GGUFFile(path, version, metadata, tensors, data)
+    return GGUFFile(path, version, metadata, tensors, data, start)
 
 
 def _tensor_info(cur: _Cursor) -> tuple[str, tuple[int, ...], int, int]:
