@@ -290,8 +290,8 @@ def hf_config(gf: GGUFFile) -> dict[str, Any]:
         "num_attention_heads": heads,
         "num_key_value_heads": int(k("attention.head_count_kv", heads)),
         "head_dim": int(k("attention.key_length", hidden // heads)),
-        "rms_norm_eps": float(k("attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": float(k("rope.freq_base", 10000.0)),
+        "rms_norm_eps": float(f"{k('attention.layer_norm_rms_epsilon', 1e-6):.7g}"),  # stored as float32
+        "rope_theta": float(f"{k('rope.freq_base', 10000.0):.7g}"),
         "max_position_embeddings": int(k("context_length", 32768)),
     }
     if arch == "gemma3":
