@@ -39,7 +39,7 @@ def _random_blocks(qtype: T, n_blocks: int, rng: np.random.Generator) -> np.ndar
 @pytest.mark.parametrize("qtype", list(_FP16_FIELDS), ids=lambda t: t.name)
 def test_random_blocks_match_gguf_py(qtype: T) -> None:
     rng = np.random.default_rng(int(qtype))
-    block_size, type_size = quants.GGML_QUANT_SIZES[qtype]
+    type_size = quants.GGML_QUANT_SIZES[qtype][1]
     rows, blocks_per_row = 3, 2
     raw = _random_blocks(qtype, rows * blocks_per_row, rng).reshape(rows, blocks_per_row * type_size)
     expected = quants.dequantize(raw, qtype).astype(np.float32)
@@ -47,7 +47,9 @@ def test_random_blocks_match_gguf_py(qtype: T) -> None:
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.BF16, T.F16], ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "qtype", [T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.BF16, T.F16], ids=lambda t: t.name
+)
 def test_quantized_by_gguf_py_roundtrip(qtype: T) -> None:
     """Blocks written by gguf-py's quantizer decode to what gguf-py decodes, close to the source values."""
     x = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
@@ -67,7 +69,7 @@ def test_float_types_and_dtype() -> None:
 
 
 def test_unknown_type_is_a_clear_error() -> None:
-    with pytest.raises(ModelFileError, match="IQ2_XXS.*Q8_0"):
+    with pytest.raises(ModelFileError, match=r"IQ2_XXS.*Q8_0"):
         dequant.dequantize(torch.zeros(66, dtype=torch.uint8), int(T.IQ2_XXS), (256,))
 
 

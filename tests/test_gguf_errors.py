@@ -43,7 +43,9 @@ def test_reads_a_valid_file(tmp_path: Path) -> None:
 
 def test_unknown_architecture(tmp_path: Path) -> None:
     gf = open_gguf(_write(tmp_path / "mamba.gguf", arch="mamba"))
-    with pytest.raises(ModelFileError, match=r"mamba\.gguf: unsupported GGUF architecture 'mamba'.*gemma3, qwen3"):
+    with pytest.raises(
+        ModelFileError, match=r"mamba\.gguf: unsupported GGUF architecture 'mamba'.*gemma3, qwen3"
+    ):
         hf_config(gf)
 
 

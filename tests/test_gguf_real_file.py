@@ -65,7 +65,9 @@ class _ReferenceSpmBpe:
         scores, types = gf.metadata["tokenizer.ggml.scores"], gf.metadata["tokenizer.ggml.token_type"]
         self.ids = {t: i for i, t in enumerate(tokens) if types[i] in (1, 4)}  # normal, user-defined
         self.score = {t: float(scores[i]) for t, i in self.ids.items()}
-        self.whole = sorted((t for i, t in enumerate(tokens) if types[i] in (3, 4) and t), key=len, reverse=True)
+        self.whole = sorted(
+            (t for i, t in enumerate(tokens) if types[i] in (3, 4) and t), key=len, reverse=True
+        )
         self.whole_ids = {t: i for i, t in enumerate(tokens) if types[i] in (3, 4)}
         self.bytes = {t: i for i, t in enumerate(tokens) if types[i] == 6}
 
@@ -77,7 +79,7 @@ class _ReferenceSpmBpe:
                 chunk.append(text[i])
                 i += 1
                 continue
-            out += self._bpe("".join(chunk)) + [self.whole_ids[hit]]
+            out += [*self._bpe("".join(chunk)), self.whole_ids[hit]]
             chunk, i = [], i + len(hit)
         return out + self._bpe("".join(chunk))
 
@@ -127,10 +129,14 @@ def test_hidden_states_match_transformers(path: Path, tokenizer) -> None:
 
     from lib_llmcond.encoders.gguf.loader import load_gguf_transformer
 
-    ref = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).model.eval()
+    ref = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    ).model.eval()
     _, ours = load_gguf_transformer(path, dtype=torch.float32, device="cpu")
     for text in TEXTS[:4]:
-        ids = torch.tensor([tokenizer.encode(f"<bos><start_of_turn>user\n{SYSTEM}\n\n{text}<end_of_turn>\n").ids])
+        ids = torch.tensor(
+            [tokenizer.encode(f"<bos><start_of_turn>user\n{SYSTEM}\n\n{text}<end_of_turn>\n").ids]
+        )
         mask = torch.ones_like(ids)
         with torch.no_grad():
             a = ref(input_ids=ids, attention_mask=mask).last_hidden_state

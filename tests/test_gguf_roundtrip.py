@@ -88,4 +88,6 @@ def test_config_from_metadata(tiny_gemma_dir: Path, tmp_path: Path) -> None:
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "head_dim", "sliding_window", "query_pre_attn_scalar", "layer_types"):  # fmt: skip
         assert cfg[key] == src[key], key
-    assert cfg["rope_theta"] == src["rope_theta"] and cfg["rms_norm_eps"] == pytest.approx(src["rms_norm_eps"])
+    assert cfg["rope_theta"] == src["rope_theta"] and cfg["rms_norm_eps"] == pytest.approx(
+        src["rms_norm_eps"]
+    )

@@ -9,6 +9,7 @@ then loaded by :func:`lib_llmcond.text.tokenizer.load_tokenizer`. Decoding a 262
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,10 +47,8 @@ def gguf_tokenizer_dir(path: str | Path | GGUFFile, *, cache_dir: str | Path | N
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
         write_tokenizer_files(gf, tmp)
-        try:
+        with contextlib.suppress(OSError):  # another process won the race: its copy is equal
             tmp.rename(target)
-        except OSError:  # another process won the race: its copy is equal
-            pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -84,10 +83,14 @@ def write_tokenizer_files(gf: GGUFFile, directory: Path) -> None:
     _write_json(directory / "tokenizer_config.json", _tokenizer_config(gf, tokens, types, kind, padding_side))
 
 
-_FIX = "Use a GGUF exported by llama.cpp with its tokenizer (SentencePiece 'llama'/'gemma' or byte-level 'gpt2')"
+_FIX = (
+    "Use a GGUF exported by llama.cpp with its tokenizer (SentencePiece 'llama'/'gemma' or byte-level 'gpt2')"
+)
 
 
-def _tokenizer_config(gf: GGUFFile, tokens: list[str], types: list[int], kind: str, padding_side: str) -> dict:
+def _tokenizer_config(
+    gf: GGUFFile, tokens: list[str], types: list[int], kind: str, padding_side: str
+) -> dict:
     config: dict = {"padding_side": padding_side}
     for key, meta in _SPECIAL_KEYS.items():
         i = gf.metadata.get(f"tokenizer.ggml.{meta}_token_id")

@@ -138,8 +138,7 @@ def _hf_tensors(hf_dir: Path):
     from safetensors.numpy import load_file
 
     for path in sorted(hf_dir.glob("*.safetensors")):
-        for name, array in load_file(str(path)).items():
-            yield name, array
+        yield from load_file(str(path)).items()
 
 
 def _gguf_name(arch: str, hf: str) -> str | None:

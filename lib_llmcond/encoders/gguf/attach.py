@@ -44,7 +44,12 @@ def _split(path: str) -> tuple[str, str]:
 
 
 def attach_gguf(
-    model: nn.Module, gf: GGUFFile, *, dtype: torch.dtype, device: str | torch.device = "cpu", dequantize: str = "none"
+    model: nn.Module,
+    gf: GGUFFile,
+    *,
+    dtype: torch.dtype,
+    device: str | torch.device = "cpu",
+    dequantize: str = "none",
 ) -> dict[str, str]:
     """Fill ``model`` from ``gf``; returns ``{our name: quant type name}`` of the tensors kept quantized.
 
@@ -90,7 +95,13 @@ def _set_param(module: nn.Module, leaf: str, value: torch.Tensor, gf: GGUFFile, 
 
 
 def _swap(
-    model: nn.Module, name: str, old: nn.Module, gf: GGUFFile, gname: str, dtype: torch.dtype, device: torch.device
+    model: nn.Module,
+    name: str,
+    old: nn.Module,
+    gf: GGUFFile,
+    gname: str,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> None:
     info = gf.tensors[gname]
     if tuple(old.weight.shape) != info.shape:

@@ -8,8 +8,8 @@ bit shift hold its quant, high bits and scale; decoding is then a few gathers, s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -43,7 +43,9 @@ def _i(x: torch.Tensor) -> torch.Tensor:
 _TABLES: dict[tuple[str, torch.device], dict[str, torch.Tensor]] = {}
 
 
-def _table(name: str, device: torch.device, build: Callable[[], dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+def _table(
+    name: str, device: torch.device, build: Callable[[], dict[str, list[int]]]
+) -> dict[str, torch.Tensor]:
     key = (name, device)
     if key not in _TABLES:
         _TABLES[key] = {k: torch.tensor(v, dtype=torch.long, device=device) for k, v in build().items()}

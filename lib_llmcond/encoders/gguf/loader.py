@@ -6,9 +6,10 @@ transformers' classes in the tests); ``load_gguf_transformer`` is it with our na
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn

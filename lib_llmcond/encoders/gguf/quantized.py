@@ -15,7 +15,9 @@ from .dequant import dequantize, quant_type
 
 
 class GGUFLinear(nn.Module):
-    def __init__(self, raw: torch.Tensor, type_id: int, shape: tuple[int, int], bias: torch.Tensor | None = None):
+    def __init__(
+        self, raw: torch.Tensor, type_id: int, shape: tuple[int, int], bias: torch.Tensor | None = None
+    ):
         super().__init__()
         self.type_id, self.shape = int(type_id), tuple(shape)
         self.out_features, self.in_features = self.shape
@@ -37,7 +39,12 @@ class GGUFEmbedding(nn.Module):
     """Token embedding over GGUF rows; ``scale`` (Gemma's sqrt(hidden)) is applied when the replaced module had it."""
 
     def __init__(
-        self, raw: torch.Tensor, type_id: int, shape: tuple[int, int], dtype: torch.dtype, scale: float | None = None
+        self,
+        raw: torch.Tensor,
+        type_id: int,
+        shape: tuple[int, int],
+        dtype: torch.dtype,
+        scale: float | None = None,
     ):
         super().__init__()
         self.type_id, self.shape, self.dtype = int(type_id), tuple(shape), dtype
@@ -48,7 +55,9 @@ class GGUFEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         rows = self.qweight[input_ids.reshape(-1).to(self.qweight.device)]
         out = dequantize(rows, self.type_id, (*input_ids.shape, self.embedding_dim), dtype=self.dtype)
-        if self.scale is not None:  # rounded like the dense model: scale in the compute dtype, product rounded once
+        if (
+            self.scale is not None
+        ):  # rounded like the dense model: scale in the compute dtype, product rounded once
             out = out * torch.tensor(self.scale, dtype=self.dtype, device=out.device)
         return out
 

@@ -19,8 +19,32 @@ from ...errors import ModelFileError
 from .dequant import quant_type
 
 GGUF_MAGIC = b"GGUF"
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_NP = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_NP = {
+    0: "<u1",
+    1: "<i1",
+    2: "<u2",
+    3: "<i2",
+    4: "<u4",
+    5: "<i4",
+    6: "<f4",
+    7: "?",
+    10: "<u8",
+    11: "<i8",
+    12: "<f8",
+}
 STRING, ARRAY = 8, 9
 
 
@@ -82,7 +106,9 @@ class GGUFFile:
 
 def _error(path: Path, what: str) -> ModelFileError:
     return ModelFileError(
-        what, path=path, fix="The file is not a complete GGUF model: download it again or re-export it with llama.cpp."
+        what,
+        path=path,
+        fix="The file is not a complete GGUF model: download it again or re-export it with llama.cpp.",
     )
 
 
@@ -168,12 +194,16 @@ def open_gguf(path: str | Path) -> GGUFFile:
     try:
         if bytes(data[:4]) != GGUF_MAGIC:
             raise ModelFileError(
-                "not a GGUF file (wrong magic bytes)", path=path, fix="Choose a .gguf model file or a model directory."
+                "not a GGUF file (wrong magic bytes)",
+                path=path,
+                fix="Choose a .gguf model file or a model directory.",
             )
         cur.pos = 4
         version = cur.take("<I")
         if version not in (2, 3):
-            raise ModelFileError(f"unsupported GGUF version {version}", path=path, fix="Re-export it with llama.cpp.")
+            raise ModelFileError(
+                f"unsupported GGUF version {version}", path=path, fix="Re-export it with llama.cpp."
+            )
         n_tensors, n_kv = cur.take("<Q"), cur.take("<Q")
         metadata = {}
         for _ in range(n_kv):
@@ -308,12 +338,16 @@ def hf_config(gf: GGUFFile) -> dict[str, Any]:
             hidden_activation="gelu_pytorch_tanh",
         )
     else:
-        cfg.update(model_type="qwen3", hidden_act="silu", tie_word_embeddings="output.weight" not in gf.tensors)
+        cfg.update(
+            model_type="qwen3", hidden_act="silu", tie_word_embeddings="output.weight" not in gf.tensors
+        )
     return cfg
 
 
 def _vocab_size(gf: GGUFFile) -> int:
     emb = gf.tensors.get("token_embd.weight")
     if emb is None:
-        raise ModelFileError("the GGUF has no token_embd.weight tensor", path=gf.path, fix="Re-export it with llama.cpp.")
+        raise ModelFileError(
+            "the GGUF has no token_embd.weight tensor", path=gf.path, fix="Re-export it with llama.cpp."
+        )
     return emb.shape[0]
