@@ -1,9 +1,10 @@
 """Pure-torch dequantization of GGML blocks, one table entry per quant type.
 
 Quantized data is a uint8 tensor of whole blocks, ``[..., n_bytes]``. Each block decoder receives the blocks as a
-``[n_blocks, type_size]`` uint8 tensor and returns ``[n_blocks, block_size]`` float32 values. The K-quant decoders
-are written per element: for element ``i`` of a 256-value super-block, fixed index tables say which byte and which
-bit shift hold its quant, high bits and scale; decoding is then a few gathers, shifts and multiplies, on any device.
+``[n_blocks, type_size]`` uint8 tensor and returns ``[n_blocks, block_size]`` float32 values. Q2_K and Q3_K are
+written per element: for element ``i`` of a 256-value super-block, fixed index tables say which byte and which bit
+shift hold its quant, high bits and scale. The common Q4_K/Q5_K/Q6_K use the same layouts by reshapes (faster).
+Everything is plain tensor ops and runs on any device.
 """
 
 from __future__ import annotations
@@ -65,10 +66,15 @@ def _nibbles(qs: torch.Tensor) -> torch.Tensor:
     return torch.cat([_i(qs) & 0x0F, _i(qs) >> 4], dim=1)
 
 
+def _bits(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Split every byte of ``x [..., k]`` into ``8 // width`` fields, lowest first: ``[..., k * 8 // width]``."""
+    shifts = torch.arange(0, 8, width, device=x.device, dtype=torch.int16)
+    return ((_i(x)[..., None] >> shifts) & ((1 << width) - 1)).flatten(-2)
+
+
 def _fifth_bits(qh: torch.Tensor) -> torch.Tensor:
     """4 bytes (a little-endian uint32) -> bit j for element j (0..31)."""
-    j = torch.arange(32, device=qh.device)
-    return (_i(qh[:, j // 8]) >> (j % 8).to(torch.int16)) & 1
+    return _bits(qh, 1)
 
 
 def _q8_0(b: torch.Tensor) -> torch.Tensor:
@@ -150,52 +156,41 @@ def _k4_scales_mins(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sc, mn
 
 
-def _k4_table() -> dict[str, list[int]]:
-    # 4 chunks of 64 values over 32 bytes each: first 32 values are low nibbles, next 32 high nibbles.
-    i = range(QK_K)
-    return {
-        "q_idx": [32 * (k // 64) + k % 32 for k in i],
-        "q_shift": [4 * ((k % 64) // 32) for k in i],
-        "h_idx": [k % 32 for k in i],
-        "h_shift": [k // 32 for k in i],
-        "sub": [k // 32 for k in i],
-    }
+def _k4_nibbles(qs: torch.Tensor) -> torch.Tensor:
+    """128 bytes -> 256 values: per 32-byte chunk, 32 low nibbles then 32 high nibbles."""
+    q = _i(qs).reshape(-1, 4, 1, 32)
+    return torch.cat([q & 0x0F, q >> 4], dim=2).reshape(-1, QK_K)
+
+
+def _k4_affine(b: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """d * scale * q - dmin * min over 8 sub-blocks of 32."""
+    sc, mn = _k4_scales_mins(b[:, 4:16])
+    d, dmin = _f16(b, 0), _f16(b, 2)
+    out = (d * sc.float())[:, :, None] * q.reshape(-1, 8, 32).float() - (dmin * mn.float())[:, :, None]
+    return out.reshape(-1, QK_K)
 
 
 def _q4_k(b: torch.Tensor) -> torch.Tensor:
-    t = _table("k4", b.device, _k4_table)
-    sc, mn = _k4_scales_mins(b[:, 4:16])
-    q = _gather_bits(b[:, 16:144], t["q_idx"], t["q_shift"], 0x0F).float()
-    return _f16(b, 0) * sc[:, t["sub"]].float() * q - _f16(b, 2) * mn[:, t["sub"]].float()
+    return _k4_affine(b, _k4_nibbles(b[:, 16:144]))
 
 
 def _q5_k(b: torch.Tensor) -> torch.Tensor:
-    t = _table("k4", b.device, _k4_table)
-    sc, mn = _k4_scales_mins(b[:, 4:16])
-    q = _gather_bits(b[:, 48:176], t["q_idx"], t["q_shift"], 0x0F)
-    q = (q | (_gather_bits(b[:, 16:48], t["h_idx"], t["h_shift"], 1) << 4)).float()
-    return _f16(b, 0) * sc[:, t["sub"]].float() * q - _f16(b, 2) * mn[:, t["sub"]].float()
-
-
-def _q6_k_table() -> dict[str, list[int]]:
-    # 2 halves of 128 values; in each, 4 quarters k of 32: low 4 bits from ql (64 bytes, quarter k uses bytes
-    # 32*(k&1).. with the high nibble for k >= 2), high 2 bits from qh (32 bytes, shift 2k).
-    i = range(QK_K)
-    return {
-        "l_idx": [64 * (k // 128) + 32 * (((k % 128) // 32) & 1) + k % 32 for k in i],
-        "l_shift": [4 * (((k % 128) // 32) >> 1) for k in i],
-        "h_idx": [32 * (k // 128) + k % 32 for k in i],
-        "h_shift": [2 * ((k % 128) // 32) for k in i],
-        "sub": [k // 16 for k in i],
-    }
+    # the fifth bit of element i is bit (i // 32) of qh[i % 32]
+    high = _bits(b[:, 16:48], 1).reshape(-1, 32, 8).transpose(1, 2).reshape(-1, QK_K)
+    return _k4_affine(b, _k4_nibbles(b[:, 48:176]) | (high << 4))
 
 
 def _q6_k(b: torch.Tensor) -> torch.Tensor:
-    t = _table("q6_k", b.device, _q6_k_table)
-    low = _gather_bits(b[:, 0:128], t["l_idx"], t["l_shift"], 0x0F)
-    high = _gather_bits(b[:, 128:192], t["h_idx"], t["h_shift"], 3)
-    sc = b[:, 192:208].contiguous().view(torch.int8)[:, t["sub"]]
-    return _f16(b, 208) * (sc.to(torch.int16) * ((low | (high << 4)) - 32)).float()
+    # 2 halves of 128 values; in each, quarter k of 32 takes its low 4 bits from ql bytes 32*(k&1).. (the high
+    # nibble when k >= 2) and its high 2 bits from qh (32 bytes) at shift 2k; one int8 scale per 16 values.
+    ql = _i(b[:, 0:128]).reshape(-1, 2, 1, 64)
+    low = torch.cat([ql & 0x0F, ql >> 4], dim=2).reshape(-1, 2, 128)
+    high = (
+        _bits(b[:, 128:192].reshape(-1, 2, 32), 2).reshape(-1, 2, 32, 4).transpose(2, 3).reshape(-1, 2, 128)
+    )
+    q = ((low | (high << 4)) - 32).reshape(-1, 16, 16).float()
+    sc = b[:, 192:208].contiguous().view(torch.int8).float()
+    return ((_f16(b, 208) * sc)[:, :, None] * q).reshape(-1, QK_K)
 
 
 # --- float types ----------------------------------------------------------------------------------------------------
