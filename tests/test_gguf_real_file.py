@@ -123,23 +123,53 @@ def test_offsets_cover_the_text(tokenizer) -> None:
         assert all(0 <= a < b <= len(text) for a, b in enc.offsets)
 
 
-@pytest.mark.oracle
-def test_hidden_states_match_transformers(path: Path, tokenizer) -> None:
+@pytest.fixture(scope="module")
+def reference_model(path: Path):
+    pytest.importorskip("accelerate")  # transformers needs it for gguf_file=
     from transformers import AutoModelForCausalLM
 
-    from lib_llmcond.encoders.gguf.loader import load_gguf_transformer
-
-    ref = AutoModelForCausalLM.from_pretrained(
+    return AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype=torch.float32
     ).model.eval()
-    _, ours = load_gguf_transformer(path, dtype=torch.float32, device="cpu")
+
+
+def _compare(reference, run, tokenizer) -> None:
     for text in TEXTS[:4]:
         ids = torch.tensor(
             [tokenizer.encode(f"<bos><start_of_turn>user\n{SYSTEM}\n\n{text}<end_of_turn>\n").ids]
         )
         mask = torch.ones_like(ids)
         with torch.no_grad():
-            a = ref(input_ids=ids, attention_mask=mask).last_hidden_state
-            b = ours(ids, mask)
+            a = reference(input_ids=ids, attention_mask=mask).last_hidden_state
+            b = run(ids, mask)
         cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
         assert cos.min() >= 0.999, (text, cos.min())
+
+
+@pytest.mark.oracle
+def test_gguf_weights_in_transformers_module_match(path: Path, tokenizer, reference_model) -> None:
+    """Our reader, dequantization, quantized modules and norm handling, hosted in transformers' Gemma-3 module."""
+    from transformers import Gemma3TextConfig, Gemma3TextModel
+
+    from lib_llmcond.encoders.gguf.loader import load_gguf_module
+    from lib_llmcond.encoders.gguf.quantized import GGUFLinear
+
+    def factory(cfg: dict) -> torch.nn.Module:
+        return Gemma3TextModel(Gemma3TextConfig(**{k: v for k, v in cfg.items() if k != "model_type"}))
+
+    ours = load_gguf_module(path, factory, dtype=torch.float32)
+    assert sum(isinstance(m, GGUFLinear) for m in ours.modules()) == 18 * 7
+    _compare(
+        reference_model,
+        lambda ids, mask: ours(input_ids=ids, attention_mask=mask).last_hidden_state,
+        tokenizer,
+    )
+
+
+@pytest.mark.oracle
+def test_native_transformer_matches(path: Path, tokenizer, reference_model) -> None:
+    pytest.importorskip("lib_llmcond.encoders.transformer")
+    from lib_llmcond.encoders.gguf.loader import load_gguf_transformer
+
+    _, ours = load_gguf_transformer(path, dtype=torch.float32, device="cpu")
+    _compare(reference_model, ours, tokenizer)
