@@ -2,8 +2,8 @@
 
 SentencePiece vocabularies (``tokenizer.ggml.model`` = ``llama``/``gemma``: pieces, scores, piece types) become a
 ``tokenizer.model`` (a SentencePiece ModelProto written here field by field, so no ``protobuf`` is needed);
-byte-level BPE vocabularies (``gpt2``: tokens + merges) become ``vocab.json`` + ``merges.txt``. Either goes with a
-``tokenizer_config.json`` into a cache directory keyed by the file's size, mtime and a hash of its header, and is
+byte-level BPE vocabularies (``gpt2``: tokens + merges) become a ``tokenizer.json`` in the format every
+``tokenizers`` since 0.13 reads. Either goes with a ``tokenizer_config.json`` into a cache directory keyed by the file's size, mtime and a hash of its header, and is
 then loaded by :func:`lib_llmcond.text.tokenizer.load_tokenizer`. Decoding a 262k vocabulary happens once per file.
 """
 
@@ -73,10 +73,7 @@ def write_tokenizer_files(gf: GGUFFile, directory: Path) -> None:
         (directory / "tokenizer.model").write_bytes(spm_model_proto(gf, tokens, scores, types))
         padding_side = "left"
     elif kind in BPE_KINDS:
-        merges = gf.strings("tokenizer.ggml.merges")
-        vocab = {t: i for i, t in enumerate(tokens)}
-        _write_json(directory / "vocab.json", vocab)
-        (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+        _write_json(directory / "tokenizer.json", bytelevel_tokenizer_json(gf, tokens, types))
         padding_side = "right"
     else:
         raise ModelFileError(f"unsupported GGUF tokenizer model {kind or '(none)'!r}", path=gf.path, fix=_FIX)
@@ -98,13 +95,72 @@ def _tokenizer_config(
             config[key] = tokens[int(i)]
     config["add_bos_token"] = bool(gf.metadata.get("tokenizer.ggml.add_bos_token", kind in SPM_KINDS))
     config["add_eos_token"] = bool(gf.metadata.get("tokenizer.ggml.add_eos_token", False))
-    if kind in BPE_KINDS:  # added tokens: control tokens are special, user-defined ones are not
-        config["added_tokens_decoder"] = {
-            str(i): {"content": t, "special": ty == CONTROL, "normalized": False}
-            for i, (t, ty) in enumerate(zip(tokens, types))
-            if ty in (CONTROL, USER_DEFINED)
-        }
     return config
+
+
+# --- byte-level BPE: pre-tokenizer split patterns by llama.cpp's ``tokenizer.ggml.pre`` ------------------------------
+
+_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_QWEN2_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_LLAMA3_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+# pre name -> (split regex, NFC normalization)
+PRE_TOKENIZERS: dict[str, tuple[str, bool]] = {
+    "qwen2": (_QWEN2_SPLIT, True),
+    "gpt2": (_GPT2_SPLIT, False),
+    "default": (_GPT2_SPLIT, False),
+    "llama-bpe": (_LLAMA3_SPLIT, False),
+}
+
+
+def bytelevel_tokenizer_json(gf: GGUFFile, tokens: list[str], types: list[int]) -> dict:
+    pre = str(gf.metadata.get("tokenizer.ggml.pre", "default"))
+    if pre not in PRE_TOKENIZERS:
+        raise ModelFileError(
+            f"unsupported byte-level pre-tokenizer {pre!r}",
+            path=gf.path,
+            fix=f"llmcond reads GGUF BPE tokenizers of kinds: {', '.join(sorted(PRE_TOKENIZERS))}",
+        )
+    pattern, nfc = PRE_TOKENIZERS[pre]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    added = [
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": ty == CONTROL,
+        }
+        for i, (t, ty) in enumerate(zip(tokens, types))
+        if ty in (CONTROL, USER_DEFINED)
+    ]
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": {"type": "NFC"} if nfc else None,
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+                byte_level,
+            ],
+        },
+        "post_processor": None,
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "vocab": {t: i for i, t in enumerate(tokens)},
+            "merges": gf.strings("tokenizer.ggml.merges"),
+        },
+    }
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -171,3 +227,33 @@ def spm_model_proto(gf: GGUFFile, tokens: list[str], scores: list[float], types:
         ]
     )
     return b"".join(pieces) + _len_field(2, trainer) + _len_field(3, normalizer)
+
+
+def proto_fields(buf: bytes):
+    """(field number, value) of one protobuf message: varints as int, length-delimited as bytes."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _read_varint(buf, pos)
+        wire = key & 7
+        if wire == 0:
+            value, pos = _read_varint(buf, pos)
+        elif wire == 2:
+            size, pos = _read_varint(buf, pos)
+            value, pos = bytes(buf[pos : pos + size]), pos + size
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            value, pos = bytes(buf[pos : pos + size]), pos + size
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        yield key >> 3, value
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7

@@ -8,6 +8,7 @@ Covers what our tests need of llama.cpp's converter: gemma3 and qwen3 tensor nam
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -64,29 +65,48 @@ def _write_hparams(w, arch: str, c: dict) -> None:
 def _write_tokenizer(w, hf_dir: Path) -> None:
     if (hf_dir / "tokenizer.model").is_file():
         _write_spm(w, hf_dir)
-    elif (hf_dir / "vocab.json").is_file():
+    elif (hf_dir / "tokenizer.json").is_file():
         _write_bpe(w, hf_dir)
+
+
+def _spm_pieces(model: bytes) -> list[tuple[str, float, int]]:
+    """(piece, score, type) of each ModelProto.pieces entry (field 1: piece 1, score 2, type 3; type 1 if absent)."""
+    from lib_llmcond.text.gguf_tokenizer import proto_fields
+
+    out = []
+    for field, value in proto_fields(model):
+        if field != 1 or not isinstance(value, bytes):
+            continue
+        piece, score, kind = "", 0.0, 1
+        for f, v in proto_fields(value):
+            if f == 1:
+                piece = v.decode("utf-8")
+            elif f == 2:
+                score = struct.unpack("<f", v)[0]
+            elif f == 3:
+                kind = v
+        out.append((piece, score, kind))
+    return out
 
 
 def _write_spm(w, hf_dir: Path) -> None:
     import sentencepiece as spm
 
-    from lib_llmcond.text.spm_model import piece_types
-
     data = (hf_dir / "tokenizer.model").read_bytes()
     sp = spm.SentencePieceProcessor()
     sp.load_from_serialized_proto(data)
-    pieces = piece_types(data)
+    pieces = _spm_pieces(data)
     w.add_tokenizer_model("llama")
-    w.add_token_list([p for p, _ in pieces])
-    w.add_token_scores([sp.get_score(i) for i in range(len(pieces))])
-    w.add_token_types([t for _, t in pieces])
-    for setter, i in (
+    w.add_token_list([p for p, _, _ in pieces])
+    w.add_token_scores([s for _, s, _ in pieces])
+    w.add_token_types([t for _, _, t in pieces])
+    specials = (
         (w.add_bos_token_id, sp.bos_id()),
         (w.add_eos_token_id, sp.eos_id()),
         (w.add_unk_token_id, sp.unk_id()),
         (w.add_pad_token_id, sp.pad_id()),
-    ):
+    )
+    for setter, i in specials:
         if i >= 0:
             setter(i)
     w.add_add_bos_token(True)
@@ -94,38 +114,34 @@ def _write_spm(w, hf_dir: Path) -> None:
 
 
 def _spm_add_dummy_prefix(model: bytes) -> bool:
-    from lib_llmcond.text.spm_model import _fields
+    """NormalizerSpec.add_dummy_prefix (ModelProto field 3, its field 3), read from the protobuf bytes."""
+    from lib_llmcond.text.gguf_tokenizer import proto_fields
 
-    for field, wire, value in _fields(model):
-        if field == 3 and wire == 2:  # normalizer_spec
-            for f, wt, v in _fields(value):
-                if f == 3 and wt == 0:
+    for field, value in proto_fields(model):
+        if field == 3 and isinstance(value, bytes):
+            for f, v in proto_fields(value):
+                if f == 3 and isinstance(v, int):
                     return bool(v)
     return True
 
 
 def _write_bpe(w, hf_dir: Path) -> None:
-    vocab = json.loads((hf_dir / "vocab.json").read_text(encoding="utf-8"))
-    cfg_path = hf_dir / "tokenizer_config.json"
-    config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
-    added = {int(k): v for k, v in (config.get("added_tokens_decoder") or {}).items()}
-    size = max([*vocab.values(), *added]) + 1
-    tokens = [f"[PAD{i}]" for i in range(size)]
-    types = [5] * size  # unused
-    for t, i in vocab.items():
-        tokens[i], types[i] = t, 1
-    for i, a in added.items():
-        tokens[i], types[i] = a["content"], 3 if a.get("special", True) else 4
-    merges = [
-        ln
-        for ln in (hf_dir / "merges.txt").read_text(encoding="utf-8").split("\n")
-        if ln and not ln.startswith("#version")
-    ]
+    data = json.loads((hf_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    model = data["model"]
+    entries = {int(i): (t, 1) for t, i in model["vocab"].items()}
+    for a in data.get("added_tokens") or []:
+        entries[int(a["id"])] = (a["content"], 3 if a.get("special", True) else 4)
+    size = max(entries) + 1
+    tokens = [entries.get(i, (f"[PAD{i}]", 5))[0] for i in range(size)]
+    types = [entries.get(i, (f"[PAD{i}]", 5))[1] for i in range(size)]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
+    cfg_path = hf_dir / "tokenizer_config.json"
+    config = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
     for key, setter in (("eos_token", w.add_eos_token_id), ("pad_token", w.add_pad_token_id)):
         value = config.get(key)
         value = value.get("content") if isinstance(value, dict) else value

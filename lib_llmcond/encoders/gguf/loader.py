@@ -57,13 +57,13 @@ def load_gguf_transformer(
     path: str | Path, *, dtype: torch.dtype, device: str | torch.device = "cpu", dequantize: str = "none"
 ):
     """``(TransformerConfig, TextTransformer)`` of a GGUF file; weights stay quantized unless ``dequantize="all"``."""
-    from ..config import TransformerConfig
+    from ..config import config_from_hf
     from ..transformer import TextTransformer
 
     holder: dict[str, Any] = {}
 
     def factory(cfg: dict[str, Any]) -> nn.Module:
-        holder["config"] = TransformerConfig.from_hf_config(cfg)
+        holder["config"] = config_from_hf(cfg, path=path)
         return TextTransformer(holder["config"])
 
     model = load_gguf_module(path, factory, dtype=dtype, device=device, dequantize=dequantize)

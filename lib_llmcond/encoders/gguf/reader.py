@@ -325,7 +325,7 @@ def hf_config(gf: GGUFFile) -> dict[str, Any]:
         "max_position_embeddings": int(k("context_length", 32768)),
     }
     if arch == "gemma3":
-        pattern = GEMMA3_DEFAULTS["sliding_window_pattern"]
+        pattern = int(k("attention.sliding_window_pattern", GEMMA3_DEFAULTS["sliding_window_pattern"]))
         cfg.update(
             model_type="gemma3_text",
             query_pre_attn_scalar=GEMMA3_DEFAULTS["query_pre_attn_scalar"],
@@ -351,3 +351,47 @@ def _vocab_size(gf: GGUFFile) -> int:
             "the GGUF has no token_embd.weight tensor", path=gf.path, fix="Re-export it with llama.cpp."
         )
     return emb.shape[0]
+
+
+# --- for the model list and `info` -------------------------------------------------------------------------------
+
+FAMILY_OF_ARCH = {"gemma3": "gemma3", "qwen3": "qwen3"}
+
+
+def gguf_family(path: str | Path) -> str:
+    """Our family name ("gemma3", "qwen3") of a GGUF file, from its metadata only."""
+    gf = open_gguf(path)
+    return FAMILY_OF_ARCH[check_architecture(gf)]
+
+
+def describe_gguf(path: str | Path) -> dict[str, Any]:
+    """What `info` shows of a GGUF file: family, shapes, quantization types with their sizes."""
+    from collections import Counter
+
+    gf = open_gguf(path)
+    cfg = hf_config(gf)
+    counts: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    for info in gf.tensors.values():
+        name = quant_type(info.type_id).name
+        counts[name] += 1
+        sizes[name] += info.n_bytes
+    quants = ", ".join(
+        f"{n} x{counts[n]} ({sizes[n] / 2**20:.1f} MiB)" for n in sorted(counts, key=lambda n: -sizes[n])
+    )
+    return {
+        "kind": "llm",
+        "format": "gguf",
+        "family": FAMILY_OF_ARCH[gf.architecture],
+        "name": str(gf.metadata.get("general.name", "")),
+        "hidden_size": cfg["hidden_size"],
+        "layers": cfg["num_hidden_layers"],
+        "heads": f"{cfg['num_attention_heads']} query / {cfg['num_key_value_heads']} key-value, "
+        f"head_dim {cfg['head_dim']}",
+        "vocab_size": cfg["vocab_size"],
+        "tensors": len(gf.tensors),
+        "quantization": quants,
+        "file_size": f"{gf.path.stat().st_size / 2**20:.1f} MiB",
+        "tokenizer": str(gf.metadata.get("tokenizer.ggml.model", "(none)")),
+        "compatible_adapters": f"adapters taking {cfg['hidden_size']}-d hidden states",
+    }
