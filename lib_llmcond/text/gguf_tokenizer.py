@@ -23,6 +23,7 @@ from lib_llmcond.errors import ModelFileError
 from lib_llmcond.text.tokenizer import Tokenizer, load_tokenizer
 
 CACHE_ENV = "LLMCOND_CACHE"
+CACHE_FORMAT = 2  # bump when the files written here change, so old caches are not reused
 SPM_KINDS = {"llama", "gemma"}
 BPE_KINDS = {"gpt2"}
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -57,7 +58,7 @@ def gguf_tokenizer_dir(path: str | Path | GGUFFile, *, cache_dir: str | Path | N
 def file_key(gf: GGUFFile) -> str:
     """Identity of the file for the cache: size, mtime and a hash of the header (all metadata, tensor directory)."""
     st = gf.path.stat()
-    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:".encode())
+    h = hashlib.sha256(f"{CACHE_FORMAT}:{st.st_size}:{st.st_mtime_ns}:".encode())
     h.update(memoryview(gf.data[: gf.data_offset]))
     return h.hexdigest()[:20]
 
@@ -196,12 +197,23 @@ def _float_field(field: int, value: float) -> bytes:
 
 
 def spm_model_proto(gf: GGUFFile, tokens: list[str], scores: list[float], types: list[int]) -> bytes:
-    """A BPE SentencePiece model equivalent to the vocabulary llama.cpp exported from one."""
-    pieces = [
-        _len_field(1, _len_field(1, t.encode("utf-8")) + _float_field(2, s) + _int_field(3, ty or NORMAL))
-        for t, s, ty in zip(tokens, scores, types)
-    ]
+    """A BPE SentencePiece model equivalent to the vocabulary llama.cpp exported from one.
+
+    Two repairs: llama.cpp marks ``<unk>`` as a control token (SentencePiece wants type UNKNOWN), and user-defined
+    pieces made of spaces ("  ", "   "...) are written with "▁". SentencePiece escapes spaces before it matches
+    user-defined pieces, so a raw-space piece could never match; HF's Gemma tokenizer (the reference's) matches
+    those runs as single tokens, and the escaped spelling makes SentencePiece do the same.
+    """
     meta = gf.metadata.get
+    unk = meta("tokenizer.ggml.unknown_token_id")
+    pieces = []
+    for i, (t, s, ty) in enumerate(zip(tokens, scores, types)):
+        ty = UNKNOWN if unk is not None and i == int(unk) else (ty or NORMAL)
+        if ty == USER_DEFINED and " " in t:
+            t = t.replace(" ", "\u2581")
+        pieces.append(
+            _len_field(1, _len_field(1, t.encode("utf-8")) + _float_field(2, s) + _int_field(3, ty))
+        )
 
     def special(name: str, default: int) -> int:
         value = meta(f"tokenizer.ggml.{name}_token_id")
