@@ -1,16 +1,17 @@
-"""One tokenizer interface over ``tokenizers`` (tokenizer.json) and ``sentencepiece`` (tokenizer.model).
+"""One tokenizer interface over ``tokenizers`` (tokenizer.json), ``sentencepiece`` (tokenizer.model) and byte-level
+BPE vocabularies (vocab.json + merges.txt, rebuilt with ``tokenizers`` parts; Qwen).
 
 Special tokens written in the text (``<bos>``, ``<start_of_turn>``...) become their ids; nothing is added
-implicitly. Offsets are character spans of the input string (for byte-fallback pieces of a multi-byte
-character, every piece carries the character's span).
+implicitly. Offsets are character spans of the input string: every piece of a multi-byte character
+(SentencePiece byte fallback, byte-level BPE) carries the whole character's span, so neighbouring spans may
+overlap but never split a character and are never empty.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,15 @@ class SpecialTokens:
 class Tokenizer(ABC):
     """Text -> ids with offsets. Subclasses implement :meth:`_encode_plain` and :meth:`token_id`."""
 
+    kind: str  # "tokenizers" | "sentencepiece" | "bytelevel-bpe": which files were read
+
     def __init__(self, special: SpecialTokens, special_strings: list[str]) -> None:
         self.special = special
-        strings = sorted({s for s in special_strings if s}, key=len, reverse=True)
-        self._split = re.compile("(" + "|".join(re.escape(s) for s in strings) + ")") if strings else None
+        # first character -> [(length, tokens of that length)], longest first: a few set lookups per position
+        groups: dict[str, dict[int, set[str]]] = {}
+        for token in {s for s in special_strings if s}:
+            groups.setdefault(token[0], {}).setdefault(len(token), set()).add(token)
+        self._by_first = {c: sorted(g.items(), reverse=True) for c, g in groups.items()}
         self.padding_side = special.padding_side
 
     @abstractmethod
@@ -69,10 +75,27 @@ class Tokenizer(ABC):
         pad = self._id(self.special.pad)
         return pad if pad is not None else (self.eos_id or 0)
 
+    def _split_specials(self, text: str) -> list[str]:
+        """[plain, special, plain, special, ..., plain]: special strings leftmost-longest, like ``re.split`` with
+        one group, but indexed by first character (real Gemma files declare thousands of added tokens)."""
+        out, start, i = [], 0, 0
+        while i < len(text):
+            groups = self._by_first.get(text[i])
+            match = (
+                next((text[i : i + n] for n, g in groups if text[i : i + n] in g), None) if groups else None
+            )
+            if match is None:
+                i += 1
+                continue
+            out += [text[start:i], match]
+            i = start = i + len(match)
+        out.append(text[start:])
+        return out
+
     def encode(self, text: str) -> TokenizedText:
         ids: list[int] = []
         offsets: list[Span] = []
-        pieces = self._split.split(text) if self._split else [text]
+        pieces = self._split_specials(text)
         pos = 0
         for i, piece in enumerate(pieces):
             if not piece:
@@ -90,10 +113,11 @@ class Tokenizer(ABC):
 
 
 class HFTokenizer(Tokenizer):
-    """A ``tokenizer.json`` through the ``tokenizers`` package."""
+    """A ``tokenizer.json`` through the ``tokenizers`` package (or a byte-level BPE rebuilt from its parts)."""
 
-    def __init__(self, backend: Any, special: SpecialTokens) -> None:
+    def __init__(self, backend: Any, special: SpecialTokens, kind: str = "tokenizers") -> None:
         self._tok = backend
+        self.kind = kind
         added = [t.content for t in _added_tokens(backend)]
         super().__init__(special, added + [s for s in (special.bos, special.eos, special.pad) if s])
 
@@ -125,14 +149,15 @@ def _added_tokens(backend: Any) -> list[Any]:
 class SPTokenizer(Tokenizer):
     """A SentencePiece ``tokenizer.model``; user-defined and control symbols are matched in the text."""
 
-    def __init__(self, processor: Any, special: SpecialTokens) -> None:
+    def __init__(self, processor: Any, special: SpecialTokens, user_defined: list[str] | None = None) -> None:
         self._sp = processor
+        self.kind = "sentencepiece"
         controls = [
             processor.id_to_piece(i)
             for i in range(processor.get_piece_size())
-            if processor.is_control(i) or _is_user_defined(processor, i)
+            if processor.is_control(i) or processor.is_unknown(i)
         ]
-        super().__init__(special, controls)
+        super().__init__(special, controls + list(user_defined or []))
 
     def _encode_plain(self, text: str) -> TokenizedText:
         try:
@@ -180,8 +205,28 @@ class SPTokenizer(Tokenizer):
         return int(self._sp.get_piece_size())
 
 
-def _is_user_defined(processor: Any, i: int) -> bool:
-    return bool(getattr(processor, "is_user_defined", lambda _i: False)(i))
+def _with_model_specials(special: SpecialTokens, proc: Any) -> SpecialTokens:
+    """bos/eos/pad that the config files do not name, taken from the SentencePiece model itself."""
+    found = {}
+    for name, i in (("bos", proc.bos_id()), ("eos", proc.eos_id()), ("pad", proc.pad_id())):
+        if getattr(special, name) is None and i >= 0:
+            found[name] = proc.id_to_piece(i)
+    return replace(special, **found) if found else special
+
+
+def _user_defined_pieces(model: bytes) -> list[str]:
+    """User-defined pieces (``<start_of_turn>``...): `sentencepiece` has no query for them, so they are read from
+    the model file itself."""
+    from lib_llmcond.text.spm_model import USER_DEFINED, pieces_of_type
+
+    try:  # the compiled protobuf parser when the installed protobuf can load sentencepiece's module (fast)
+        from sentencepiece import sentencepiece_model_pb2 as pb
+
+        proto = pb.ModelProto()
+        proto.ParseFromString(model)
+        return [p.piece for p in proto.pieces if p.type == USER_DEFINED]
+    except Exception:  # e.g. protobuf 3.20 (A1111): the pure-Python reader (~0.3 s for Gemma's 262k pieces)
+        return pieces_of_type(model, USER_DEFINED)
 
 
 def _byte_to_char(text: str) -> list[int]:
@@ -248,14 +293,37 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         try:
             import sentencepiece as spm
 
+            data = (directory / "tokenizer.model").read_bytes()
             proc = spm.SentencePieceProcessor()
-            proc.Load(str(directory / "tokenizer.model"))
-            return SPTokenizer(proc, special)
+            proc.LoadFromSerializedProto(data)
+            return SPTokenizer(proc, _with_model_specials(special, proc), _user_defined_pieces(data))
         except Exception as e:
             errors.append(f"tokenizer.model: {e}")
-    detail = "; ".join(errors) if errors else "neither tokenizer.json nor tokenizer.model is present"
+    try:
+        bytelevel = _load_bytelevel(directory)
+    except Exception as e:
+        bytelevel = None
+        errors.append(f"byte-level BPE: {e}")
+    if bytelevel is not None:
+        return HFTokenizer(bytelevel, special, kind="bytelevel-bpe")
+    detail = "; ".join(errors) if errors else "no tokenizer.json, tokenizer.model or vocab.json + merges.txt"
     raise ModelFileError(
         f"no usable tokenizer ({detail})",
         path=directory,
-        fix="copy the model's tokenizer files (tokenizer.model or tokenizer.json) into this folder",
+        fix="copy the model's tokenizer files (tokenizer.json, tokenizer.model or vocab.json + merges.txt, "
+        "with tokenizer_config.json) into this folder",
     )
+
+
+def _load_bytelevel(directory: Path) -> Any | None:
+    """A byte-level BPE (Qwen) rebuilt from vocab.json + merges.txt, or from a tokenizer.json that the installed
+    `tokenizers` could not read; None when the folder has neither."""
+    from lib_llmcond.text.bytelevel import build_bytelevel_tokenizer, read_bytelevel_files
+
+    found = read_bytelevel_files(directory)
+    if found is None:
+        return None
+    vocab, merges, pattern, added = found
+    decoder = _read_json(directory / "tokenizer_config.json").get("added_tokens_decoder") or {}
+    added = added + [dict(v, id=int(k)) for k, v in decoder.items()]
+    return build_bytelevel_tokenizer(vocab, merges, added, pattern=pattern)

@@ -30,6 +30,7 @@ def _corpus(prefix27: bool) -> list[str]:
     if prefix27:
         lines += [f"user\n{GEMMA_SYSTEM_PROMPT}\n\n"] * 200
         lines += [" ".join(GEMMA_SYSTEM_PROMPT.split()) + " user model"] * 200
+        lines += ["model\n"] * 200  # the trailer's "model" is one token too (5 trailer tokens, like Gemma-3)
     return lines
 
 
@@ -68,6 +69,8 @@ def write_tiny_gemma_tokenizer(
         num_threads=1,
         minloglevel=2,
     )
+    if prefix27:
+        _check_prefix27(model.getvalue(), vocab_size)
     (directory / "tokenizer.model").write_bytes(model.getvalue())
     config = {
         "tokenizer_class": "GemmaTokenizer",
@@ -84,3 +87,28 @@ def write_tiny_gemma_tokenizer(
     smap = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
     (directory / "special_tokens_map.json").write_text(json.dumps(smap, indent=2), encoding="utf-8")
     return directory
+
+
+def _check_prefix27(model: bytes, vocab_size: int) -> None:
+    """The 27-token prefix needs the system prompt as 22 tokens and "user" as one; "model" is one as well."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor()
+    sp.LoadFromSerializedProto(model)
+    if (
+        len(sp.encode(GEMMA_SYSTEM_PROMPT)) != 22
+        or len(sp.encode("user")) != 1
+        or len(sp.encode("model")) != 1
+    ):
+        raise ValueError(f"vocab_size={vocab_size} is too small for prefix27=True; use at least 450")
+
+
+def add_tokenizer_json(directory: str | Path) -> Path:
+    """Add a tokenizer.json converted by the installed transformers (tests only: needs transformers >= 4.46)."""
+    from transformers import GemmaTokenizerFast
+
+    directory = Path(directory)
+    GemmaTokenizerFast.from_pretrained(str(directory)).backend_tokenizer.save(
+        str(directory / "tokenizer.json")
+    )
+    return directory / "tokenizer.json"
