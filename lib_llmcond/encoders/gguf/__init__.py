@@ -1,0 +1,1 @@
+"""GGUF files: reader, table-driven dequantization, quantized linear/embedding modules, loader."""
