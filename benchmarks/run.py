@@ -1,6 +1,6 @@
 """Our path vs the reference's transformers path, same random-weight models of the real shapes, same run.
 
-    python -m benchmarks.run [--models gemma,t5gemma,qwen3] [--repeats 3] [--device cpu|cuda] [--tiny]
+    python -m benchmarks.run [--models gguf,gemma,t5gemma,qwen3] [--repeats 3] [--device cpu|cuda] [--tiny]
 
 Each side runs in its own process (clean memory numbers); the table shows min-of-N times, memory and the
 ratio ours / transformers (lower is better). JSON goes to benchmarks/results/.
@@ -33,7 +33,7 @@ ROWS = [
     ("engine_4_prompts_s", "whole chain, 4 per-image prompts", "s"),
     ("cache_hit_s", "cache hit (same prompt, new size)", "ms"),
     ("peak_rss", "peak RSS while loading + encoding (above the bare process)", "GB"),
-    ("weight_bytes", "weights on disk", "GB"),
+    ("weight_bytes", "weights on disk (file size for GGUF)", "GB"),
 ]
 
 
@@ -82,7 +82,7 @@ def table(name: str, ours: dict, hf: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="gemma,t5gemma,qwen3")
+    parser.add_argument("--models", default="gguf,gemma,t5gemma,qwen3")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: a smoke test of the harness")

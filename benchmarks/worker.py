@@ -52,8 +52,10 @@ def ids_of(length: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, min(vocab, 50_000), (1, length), generator=g)
 
 
-def weight_bytes(directory: Path) -> int:
-    return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
+def weight_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
 # -- our path ------------------------------------------------------------------------------------------------
@@ -136,6 +138,10 @@ def run_hf(m, llm_dir: Path, adapter: Path | None, repeats: int, device: str) ->
     import transformers
 
     def load():
+        if llm_dir.suffix == ".gguf":  # transformers dequantizes every tensor to dense
+            return transformers.AutoModelForCausalLM.from_pretrained(
+                llm_dir.parent, gguf_file=llm_dir.name, dtype=DTYPE
+            ).to(device)
         if m.family == "t5gemma":
             return transformers.T5GemmaEncoderModel.from_pretrained(
                 llm_dir, is_encoder_decoder=False, dtype=DTYPE
