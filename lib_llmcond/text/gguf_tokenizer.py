@@ -239,33 +239,3 @@ def spm_model_proto(gf: GGUFFile, tokens: list[str], scores: list[float], types:
         ]
     )
     return b"".join(pieces) + _len_field(2, trainer) + _len_field(3, normalizer)
-
-
-def proto_fields(buf: bytes):
-    """(field number, value) of one protobuf message: varints as int, length-delimited as bytes."""
-    pos = 0
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        wire = key & 7
-        if wire == 0:
-            value, pos = _read_varint(buf, pos)
-        elif wire == 2:
-            size, pos = _read_varint(buf, pos)
-            value, pos = bytes(buf[pos : pos + size]), pos + size
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            value, pos = bytes(buf[pos : pos + size]), pos + size
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield key >> 3, value
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7

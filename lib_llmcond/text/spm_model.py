@@ -41,6 +41,12 @@ def _fields(buf: bytes):
         yield field, wire, value
 
 
+def proto_fields(buf: bytes):
+    """(field number, value) of one protobuf message: varints as int, everything else as bytes."""
+    for field, _wire, value in _fields(buf):
+        yield field, value if isinstance(value, int) else bytes(value)
+
+
 def piece_types(model: bytes) -> list[tuple[str, int]]:
     """(piece, type) for every piece of a serialized SentencePiece ModelProto, in id order."""
     out: list[tuple[str, int]] = []

@@ -71,7 +71,7 @@ def _write_tokenizer(w, hf_dir: Path) -> None:
 
 def _spm_pieces(model: bytes) -> list[tuple[str, float, int]]:
     """(piece, score, type) of each ModelProto.pieces entry (field 1: piece 1, score 2, type 3; type 1 if absent)."""
-    from lib_llmcond.text.gguf_tokenizer import proto_fields
+    from lib_llmcond.text.spm_model import proto_fields
 
     out = []
     for field, value in proto_fields(model):
@@ -115,7 +115,7 @@ def _write_spm(w, hf_dir: Path) -> None:
 
 def _spm_add_dummy_prefix(model: bytes) -> bool:
     """NormalizerSpec.add_dummy_prefix (ModelProto field 3, its field 3), read from the protobuf bytes."""
-    from lib_llmcond.text.gguf_tokenizer import proto_fields
+    from lib_llmcond.text.spm_model import proto_fields
 
     for field, value in proto_fields(model):
         if field == 3 and isinstance(value, bytes):
