@@ -21,7 +21,7 @@ class Adapter(nn.Module):
     """Base class: fp32, eval mode, autocast off, no gradients.
 
     Subclasses set ``family``, ``llm_dim``, ``max_input_tokens`` (inputs beyond it are cut) and
-    ``output_tokens``, and implement ``forward(hidden, mask=None, *, return_attention=False)``.
+    ``output_tokens``, and implement ``_forward(hidden, mask, return_attention)`` on prepared fp32 inputs.
     """
 
     family: str = ""
@@ -33,6 +33,14 @@ class Adapter(nn.Module):
 
     def forward(
         self, hidden: torch.Tensor, mask: torch.Tensor | None = None, *, return_attention: bool = False
+    ) -> AdapterOutput:
+        """Checked fp32 inputs, no autograd, autocast off; the family's maths is in ``_forward``."""
+        hidden, mask = self._prepare(hidden, mask)
+        with fp32_inference(hidden.device):
+            return self._forward(hidden, mask, return_attention)
+
+    def _forward(
+        self, hidden: torch.Tensor, mask: torch.Tensor | None, return_attention: bool
     ) -> AdapterOutput:
         raise NotImplementedError
 

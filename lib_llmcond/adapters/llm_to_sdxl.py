@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Adapter, AdapterOutput, fp32_inference
+from .base import Adapter, AdapterOutput
 
 HEADS = 16  # not recorded in the files; every released adapter uses 16
 
@@ -165,13 +165,6 @@ class LLMToSDXLAdapter(Adapter):
 
     def _block(self) -> TransformerBlock:
         return TransformerBlock(self.config.dim, self.config.heads, self.config.mlp_hidden)
-
-    def forward(
-        self, hidden: torch.Tensor, mask: torch.Tensor | None = None, *, return_attention: bool = False
-    ) -> AdapterOutput:
-        hidden, mask = self._prepare(hidden, mask)
-        with fp32_inference(hidden.device):
-            return self._forward(hidden, mask, return_attention)
 
     def _forward(
         self, hidden: torch.Tensor, mask: torch.Tensor | None, return_attention: bool

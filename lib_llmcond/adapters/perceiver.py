@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelFileError
-from .base import Adapter, AdapterOutput, fp32_inference
+from .base import Adapter, AdapterOutput
 from .layouts import KeyPlan
 
 LAYOUTS = ("lucidrains", "plain")
@@ -205,13 +205,6 @@ class PerceiverResampler(Adapter):
         self.norm_out = _ln(c.norm_out, c.out_dim)
         self.pooled = PooledHead(c)
         self.eval()
-
-    def forward(
-        self, hidden: torch.Tensor, mask: torch.Tensor | None = None, *, return_attention: bool = False
-    ) -> AdapterOutput:
-        hidden, mask = self._prepare(hidden, mask)
-        with fp32_inference(hidden.device):
-            return self._forward(hidden, mask, return_attention)
 
     def _forward(
         self, hidden: torch.Tensor, mask: torch.Tensor | None, return_attention: bool
