@@ -17,7 +17,7 @@ import torch
 
 from lib_llmcond.compat import bf16_supported
 from lib_llmcond.conditioning import POOLED_DIM, make_vector, pad_blocks
-from lib_llmcond.errors import IncompatibleModelsError, LlmcondError, ModelFileError
+from lib_llmcond.errors import IncompatibleModelsError, LlmcondError
 from lib_llmcond.models import Identity, identity
 from lib_llmcond.pipeline import EncodedText, Pipeline, PromptReport, TextOptions
 
@@ -216,14 +216,11 @@ class Engine:
         encoded = self.encode_texts(texts + [p for p in prefetch if p not in texts], opts)[: len(texts)]
         if reports is not None:
             reports.extend(e.report for e in encoded)
-        filler = (
-            self.encode_texts([""], opts)[0].crossattn
-            if len({e.crossattn.shape[0] for e in encoded}) > 1
-            else None
-        )
-        crossattn = pad_blocks([e.crossattn for e in encoded], filler) if filler is not None else None
-        if crossattn is None:
-            crossattn = torch.stack([e.crossattn for e in encoded])
+        rows = [e.crossattn for e in encoded]
+        if len({r.shape[0] for r in rows}) > 1:  # pad shorter rows with the empty prompt's block
+            crossattn = pad_blocks(rows, self.encode_texts([""], opts)[0].crossattn)
+        else:
+            crossattn = torch.stack(rows)
         pooled = torch.stack([e.pooled for e in encoded])
         if zero:
             crossattn, pooled = torch.zeros_like(crossattn), torch.zeros(len(texts), POOLED_DIM)
@@ -238,7 +235,7 @@ class Engine:
         fields = {k: v for k, v in asdict(opts).items() if k not in ("llm", "adapter", "memory")}
         return f"llmcond:{llm_id.short_hash}:{adapter_id.short_hash}:{sorted(fields.items())}"
 
-    def tokenizer(self, llm_path: str):
+    def _tokenizer_and_family(self, llm_path: str):
         from lib_llmcond.encoders.llm import load_llm_tokenizer
 
         ident = identity(llm_path)
@@ -252,12 +249,13 @@ class Engine:
 
     def count_tokens(self, text: str, opts: EncodeOptions, budget: int = 512) -> TokenCount:
         """Tokens of ``text`` that would reach the adapter, without loading the LLM's weights."""
-        from lib_llmcond.encoders.llm import text_path_for_family
+        from lib_llmcond.pipeline import adapter_token_counter
         from lib_llmcond.prompt.chunks import cut_report, split_for_budget
         from lib_llmcond.prompt.emphasis import parse_prompt
+        from lib_llmcond.text.paths import text_path
 
-        tok, family = self.tokenizer(opts.llm)
-        path = text_path_for_family(family, opts.system_prompt)
+        tok, family = self._tokenizer_and_family(opts.llm)
+        path = text_path(family, opts.system_prompt)
         topts = opts.text_options()
         parsed = None if topts.emphasis == "None" else parse_prompt(text, syntax=topts.emphasis_syntax)
         clean = text if parsed is None else parsed.text
@@ -265,11 +263,7 @@ class Engine:
         n = row.adapter_end - row.adapter_start
         chunks, cut = 1, None
         if n > budget and topts.chunk:
-
-            def count(s: str) -> int:
-                r = path.tokenize(s, tok)
-                return r.adapter_end - r.adapter_start
-
+            count = adapter_token_counter(path, tok)
             chunks = len(split_for_budget(clean, [] if parsed is None else parsed.spans, count, budget))
         elif n > budget:
             cut = cut_report(clean, row.offsets[row.adapter_start : row.adapter_end], budget)
@@ -282,11 +276,3 @@ class Engine:
             self._cache.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def check_files_exist(*paths: str) -> None:
-    for p in paths:
-        if not Path(p).exists():
-            raise ModelFileError(
-                "the file does not exist", path=p, fix="choose an existing model and refresh the list"
-            )

@@ -71,6 +71,16 @@ class EncodedText:
 GPU_BUCKETS = (64, 128, 256, 512)
 
 
+def adapter_token_counter(path, tokenizer):
+    """A function counting the tokens of a text that would reach the adapter (before its budget cut)."""
+
+    def count(text: str) -> int:
+        row = path.tokenize(text, tokenizer)
+        return row.adapter_end - row.adapter_start
+
+    return count
+
+
 def plan_batches(lengths: list[int], device: torch.device) -> list[tuple[list[int], int | None]]:
     """Which rows run together and the length they are padded to.
 
@@ -134,13 +144,7 @@ class Pipeline:
         return split_for_budget(text, spans, self._counter(opts), self.budget)
 
     def _counter(self, opts: TextOptions):
-        path, tok = self.text_path(opts), self.llm.tokenizer
-
-        def count(text: str) -> int:
-            row = path.tokenize(text, tok)
-            return row.adapter_end - row.adapter_start
-
-        return count
+        return adapter_token_counter(self.text_path(opts), self.llm.tokenizer)
 
     # -- units -> adapter outputs --------------------------------------------------------------------
     def _run(self, units: list[_Unit], opts: TextOptions) -> tuple[list[PromptTokens], list[AdapterOutput]]:

@@ -120,7 +120,3 @@ def load_llm_tokenizer(path: str | Path) -> tuple[Tokenizer, str]:
 
         return load_gguf_tokenizer(path), gguf_family(path)
     return load_tokenizer(path), _family_of_dir(path)
-
-
-def text_path_for_family(family: str, system_prompt: str | None) -> TextPath:
-    return text_path(family, system_prompt)
