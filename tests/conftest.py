@@ -32,3 +32,19 @@ def _deterministic_torch():
 
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """The demo's tiny random Gemma-3 folder and adapter, built once per run (tests copy before changing them)."""
+    from lib_llmcond.tiny import build_demo_models
+
+    return build_demo_models(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """One engine per test module, so its model registry and cache are exercised across tests."""
+    from lib_llmcond.engine import Engine
+
+    return Engine()

@@ -4,17 +4,6 @@ import pytest
 import torch
 
 from lib_llmcond.engine import EncodeOptions, Engine
-from lib_llmcond.tiny import build_demo_models
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return build_demo_models(tmp_path_factory.mktemp("demo"))
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return Engine()
 
 
 def opts(demo, **kw):

@@ -6,7 +6,6 @@ from ref_oracle import reference_gemma, reference_t5gemma
 from safetensors.torch import load_file
 
 from lib_llmcond.cli import main
-from lib_llmcond.tiny import build_demo_models
 
 pytestmark = pytest.mark.oracle
 
@@ -16,11 +15,6 @@ PROMPTS = [
     "## Character 1\nA knight.\n\n## Scene\nA castle on a hill at sunset. 夕焼けの海と猫。 Émilie",
     "",
 ]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return build_demo_models(tmp_path_factory.mktemp("demo"))
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)

@@ -17,17 +17,7 @@ from hypothesis import strategies as st
 
 from lib_llmcond.engine import EncodeOptions, Engine
 from lib_llmcond.errors import IncompatibleModelsError, LlmcondError, ModelFileError
-from lib_llmcond.tiny import build_demo_models, build_tiny_adapter
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return build_demo_models(tmp_path_factory.mktemp("demo"))
-
-
-@pytest.fixture(scope="module")
-def engine():
-    return Engine()
+from lib_llmcond.tiny import build_tiny_adapter
 
 
 def opts(llm, adapter, **kw) -> EncodeOptions:
