@@ -10,6 +10,7 @@ overlap but never split a character and are never empty.
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 from lib_llmcond.errors import ModelFileError
 
 Span = tuple[int, int]
+# JSON (the API) can carry half of a UTF-16 pair; no tokenizer accepts it. One U+FFFD each keeps offsets.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ class Tokenizer(ABC):
     def encode(self, text: str) -> TokenizedText:
         ids: list[int] = []
         offsets: list[Span] = []
-        pieces = self._split_specials(text)
+        pieces = self._split_specials(_LONE_SURROGATE.sub("\ufffd", text))
         pos = 0
         for i, piece in enumerate(pieces):
             if not piece:
