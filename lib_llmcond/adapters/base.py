@@ -44,6 +44,9 @@ class Adapter(nn.Module):
     ) -> AdapterOutput:
         raise NotImplementedError
 
+    def pack_for_cpu(self) -> None:
+        """Pre-pack weights for faster CPU matmuls (``cpu_linear``); families that do not need it skip it."""
+
     def train(self, mode: bool = True) -> Adapter:  # inference-only module: dropout never applies
         return super().train(False)
 

@@ -78,14 +78,18 @@ def _count_blocks(keys: Mapping[str, object], prefix: str) -> int:
 
 
 class MultiheadAttention(nn.Module):
-    """Batch-first multi-head attention holding ``nn.MultiheadAttention``'s parameter names."""
+    """Batch-first multi-head attention holding ``nn.MultiheadAttention``'s parameter names.
 
-    def __init__(self, dim: int, heads: int) -> None:
+    On the CPU, :meth:`pack` moves the input projection into packed linears (``cpu_linear``): one for q, k, v
+    together when the module attends to its own input, else one for q and one for k, v."""
+
+    def __init__(self, dim: int, heads: int, self_attention: bool = True) -> None:
         super().__init__()
-        self.dim, self.heads = dim, heads
+        self.dim, self.heads, self.self_attention = dim, heads, self_attention
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
+        self.in_packed: nn.ModuleDict | None = None
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [B, H, N, D/H]
         b, n, _ = x.shape
@@ -95,13 +99,35 @@ class MultiheadAttention(nn.Module):
         b, _, n, _ = x.shape
         return x.transpose(1, 2).reshape(b, n, self.dim)
 
+    def project(self, x: torch.Tensor, part: str) -> torch.Tensor:
+        """The input projection's rows for ``part``: "qkv" (all), "q" or "kv"."""
+        lo, hi = _PARTS[part](self.dim)
+        if self.in_packed is None:
+            return F.linear(x, self.in_proj_weight[lo:hi], self.in_proj_bias[lo:hi])
+        if part in self.in_packed:
+            return self.in_packed[part](x)
+        return self.in_packed["qkv"](x)[..., lo:hi]
+
+    def pack(self) -> None:
+        from lib_llmcond.cpu_linear import PackedLinear, can_pack
+
+        self.out_proj = _packed(self.out_proj)
+        if self.in_packed is not None or not can_pack(self.in_proj_weight):
+            return
+        w, b = self.in_proj_weight, self.in_proj_bias
+        parts = ("qkv",) if self.self_attention else ("q", "kv")
+        self.in_packed = nn.ModuleDict(
+            {p: PackedLinear(w[slice(*_PARTS[p](self.dim))], b[slice(*_PARTS[p](self.dim))]) for p in parts}
+        )
+        del self.in_proj_weight, self.in_proj_bias  # the packed copies replace them
+
     def qkv(self, query: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, ...]:
         d = self.dim
         if query is source:
-            q, k, v = F.linear(query, self.in_proj_weight, self.in_proj_bias).split(d, dim=-1)
+            q, k, v = self.project(query, "qkv").split(d, dim=-1)
         else:
-            q = F.linear(query, self.in_proj_weight[:d], self.in_proj_bias[:d])
-            k, v = F.linear(source, self.in_proj_weight[d:], self.in_proj_bias[d:]).split(d, dim=-1)
+            q = self.project(query, "q")
+            k, v = self.project(source, "kv").split(d, dim=-1)
         return self._split(q), self._split(k), self._split(v)
 
     def forward(
@@ -114,6 +140,15 @@ class MultiheadAttention(nn.Module):
         attn_mask = None if key_mask is None else key_mask[:, None, None, :]
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.out_proj(self._merge(ctx))
+
+
+_PARTS = {"qkv": lambda d: (0, 3 * d), "q": lambda d: (0, d), "kv": lambda d: (d, 3 * d)}
+
+
+def _packed(linear: nn.Module) -> nn.Module:
+    from lib_llmcond.cpu_linear import packed
+
+    return packed(linear) if type(linear) is nn.Linear else linear
 
 
 class TransformerBlock(nn.Module):
@@ -148,11 +183,11 @@ class LLMToSDXLAdapter(Adapter):
         self.output_position_embeddings = nn.Parameter(torch.zeros(1, c.output_len, c.dim))
         self.wide_attention_blocks = nn.ModuleList(self._block() for _ in range(c.n_wide))
         self.compression_queries = nn.Parameter(torch.zeros(1, c.output_len, c.dim))
-        self.compression_attention = MultiheadAttention(c.dim, c.heads)
+        self.compression_attention = MultiheadAttention(c.dim, c.heads, self_attention=False)
         self.compression_norm = nn.LayerNorm(c.dim)
         self.compression_gate = nn.Sequential(nn.Linear(2 * c.dim, c.dim), nn.Sigmoid())
         self.narrow_attention_blocks = nn.ModuleList(self._block() for _ in range(c.n_narrow))
-        self.pooling_attention = MultiheadAttention(c.dim, c.heads)
+        self.pooling_attention = MultiheadAttention(c.dim, c.heads, self_attention=False)
         self.pooling_token = nn.Parameter(torch.zeros(1, 1, c.dim))
         self.pooled_projection = nn.Sequential(
             nn.Linear(c.dim, c.dim),
@@ -217,7 +252,7 @@ class LLMToSDXLAdapter(Adapter):
         depend on whether the attention map is asked for."""
         attn, d = self.compression_attention, self.config.dim
         q, gate_q = self._query_constants()
-        k, v = F.linear(x, attn.in_proj_weight[d:], attn.in_proj_bias[d:]).split(d, dim=-1)
+        k, v = attn.project(x, "kv").split(d, dim=-1)
         k, v = attn._split(k), attn._split(v)
         scores = torch.matmul(q, k.transpose(-1, -2))
         if key_mask is not None:
@@ -236,15 +271,28 @@ class LLMToSDXLAdapter(Adapter):
         """What depends on the learned queries only: their scaled projection [1, H, T, hd] and the queries'
         half of the gate's input, ``W_g[:, :D] q + b_g``. Cached until a parameter is replaced or changed."""
         attn, gate, d = self.compression_attention, self.compression_gate[0], self.config.dim
-        params = (self.compression_queries, attn.in_proj_weight, attn.in_proj_bias, gate.weight, gate.bias)
+        params = (self.compression_queries, gate.weight, gate.bias, *attn.parameters())
         key = tuple((p.data_ptr(), _version(p), p.device) for p in params)
         if getattr(self, "_constants_key", None) != key:
             queries = self.compression_queries
-            q = attn._split(F.linear(queries, attn.in_proj_weight[:d], attn.in_proj_bias[:d]))
+            q = attn._split(attn.project(queries, "q"))
             q = q * (1.0 / math.sqrt(q.shape[-1]))
             self._constants = (q, F.linear(queries, gate.weight[:, :d], gate.bias))
             self._constants_key = key
         return self._constants
+
+    def pack_for_cpu(self) -> None:
+        """Pre-pack the linears for oneDNN (``cpu_linear``) when the module computes on the CPU. The gate
+        stays dense: its two halves are used apart."""
+        for block in (*self.wide_attention_blocks, *self.narrow_attention_blocks):
+            block.attn.pack()
+            block.mlp[0], block.mlp[2] = _packed(block.mlp[0]), _packed(block.mlp[2])
+        self.compression_attention.pack()
+        self.pooling_attention.pack()
+        if self.config.llm_dim != self.config.dim:
+            self.seq_projection = _packed(self.seq_projection)
+        self.pooled_projection[0] = _packed(self.pooled_projection[0])
+        self.pooled_projection[4] = _packed(self.pooled_projection[4])
 
 
 def _version(p: torch.Tensor) -> int:

@@ -53,8 +53,9 @@ def inspect_adapter(path: str | Path) -> AdapterInfo:
     return _info(tf, family, plan, config)
 
 
-def load_adapter(path: str | Path, *, device: str | torch.device = "cpu") -> Adapter:
-    """An fp32 adapter in eval mode, loaded strictly."""
+def load_adapter(path: str | Path, *, device: str | torch.device = "cpu", pack: bool = True) -> Adapter:
+    """An fp32 adapter in eval mode, loaded strictly; on the CPU its linears are packed for oneDNN unless
+    ``pack`` is False (then the module holds exactly the file's tensors as parameters)."""
     tf = open_tensor_file(path)
     family, plan, config = _analyse(tf)
     module = _build(lambda: _module_for(family, config))
@@ -62,7 +63,10 @@ def load_adapter(path: str | Path, *, device: str | torch.device = "cpu") -> Ada
         state = plan.build(read)
     _load_strict(module, state, tf.path)
     module.requires_grad_(False)
-    return module.to(device).eval()
+    module = module.to(device).eval()
+    if pack and torch.device(device).type == "cpu":
+        module.pack_for_cpu()
+    return module
 
 
 def check_pair(llm_hidden_size: int, info: AdapterInfo) -> str | None:

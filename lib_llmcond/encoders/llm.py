@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from lib_llmcond.cpu_linear import pack_linears
 from lib_llmcond.encoders.config import TransformerConfig
 from lib_llmcond.errors import ModelFileError
 from lib_llmcond.text.paths import TextPath, TokenBatch, text_path
@@ -88,6 +89,8 @@ def load_llm(path: str | Path, *, dtype: torch.dtype, device: str | torch.device
             path=path,
             fix="choose a folder with config.json and weights, or a .gguf file",
         )
+    if device.type == "cpu":
+        pack_linears(model)
     return LLM(path, cfg, model, tokenizer, dtype, device)
 
 
