@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class LLM:
     dtype: torch.dtype
     device: torch.device
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _prefixes: OrderedDict = field(default_factory=OrderedDict, repr=False)  # ids -> PrefixState
 
     @property
     def family(self) -> str:
@@ -42,13 +44,38 @@ class LLM:
             if self.device != device:
                 self.model.to(device)
                 self.device = device
+                self._prefixes.clear()
 
     @torch.inference_mode()
     def hidden_states(self, batch: TokenBatch) -> torch.Tensor:
-        """Last hidden states [B, L, hidden] after the final norm, in the compute dtype."""
+        """Last hidden states [B, L, hidden] after the final norm, in the compute dtype.
+
+        The leading tokens every row shares (``batch.shared_prefix``: the chat template's system part) run
+        once per LLM and are reused; the result is the same as running them with each prompt."""
         d = self.device
+        ids, mask, pos = (t.to(d) for t in (batch.input_ids, batch.attention_mask, batch.position_ids))
+        p = batch.shared_prefix if self.config.causal else 0
         with _autocast_off(d):
-            return self.model(batch.input_ids.to(d), batch.attention_mask.to(d), batch.position_ids.to(d))
+            if p < MIN_PREFIX or p >= ids.shape[1]:
+                return self.model(ids, mask, pos)
+            state = self._prefix_state(ids[:1, :p])
+            rest = self.model(ids[:, p:], mask[:, p:], pos[:, p:], prefix=state)
+            return torch.cat([state.hidden.expand(ids.shape[0], -1, -1), rest], dim=1)
+
+    def _prefix_state(self, ids: torch.Tensor):
+        key = tuple(ids[0].tolist())
+        state = self._prefixes.get(key)
+        if state is None:
+            state = self.model.prefix_state(ids)
+            self._prefixes[key] = state
+            while len(self._prefixes) > PREFIX_CACHE_SIZE:
+                self._prefixes.popitem(last=False)
+        self._prefixes.move_to_end(key)
+        return state
+
+
+MIN_PREFIX = 4  # shorter shared prefixes are not worth a cache entry
+PREFIX_CACHE_SIZE = 8  # system prompts kept per LLM (a few KB to a few MB each)
 
 
 def _autocast_off(device: torch.device):

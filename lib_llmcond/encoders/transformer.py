@@ -7,6 +7,8 @@ transformers' modeling files for each family (norm casts included), without an L
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,8 +79,14 @@ class Attention(nn.Module):
         self.cfg = cfg
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        past: KeyValues | None = None,
+        collect: list[KeyValues] | None = None,
     ) -> torch.Tensor:
+        """``past``: keys/values of earlier positions to attend to as well; ``collect``: receives this call's."""
         cfg = self.cfg
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, cfg.num_heads, cfg.head_dim)
@@ -87,8 +95,31 @@ class Attention(nn.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = _rotate(q.transpose(1, 2), *rope), _rotate(k.transpose(1, 2), *rope)
+        if collect is not None:
+            collect.append((k, v))
+        if past is not None:
+            k = torch.cat([past[0].expand(b, -1, -1, -1), k], dim=2)
+            v = torch.cat([past[1].expand(b, -1, -1, -1), v], dim=2)
         out = _attend(q, k, v, mask, cfg)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, cfg.num_heads * cfg.head_dim))
+
+
+KeyValues = tuple[torch.Tensor, torch.Tensor]  # [B, kv_heads, L, head_dim] after q/k norm and rope
+
+
+@dataclass
+class PrefixState:
+    """A causal model's state after a fixed prefix: per-layer keys/values and the prefix's own outputs.
+
+    Later tokens attend to these keys as if the prefix had run with them (causal attention: the prefix never
+    sees what follows), so a template shared by every prompt runs once instead of once per prompt."""
+
+    keys_values: list[KeyValues]
+    hidden: torch.Tensor  # [1, P, hidden]: the final-norm outputs at the prefix positions
+
+    @property
+    def length(self) -> int:
+        return self.hidden.shape[1]
 
 
 def _attend(q, k, v, mask: torch.Tensor | None, cfg: TransformerConfig) -> torch.Tensor:
@@ -136,8 +167,11 @@ class Layer(nn.Module):
         name = self.names.get(role)
         return getattr(self, name)(x) if name else x
 
-    def forward(self, x: torch.Tensor, rope, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self._norm("post_attn", self.self_attn(self._norm("pre_attn", x), rope, mask))
+    def forward(
+        self, x: torch.Tensor, rope, mask: torch.Tensor | None, past=None, collect=None
+    ) -> torch.Tensor:
+        attn = self.self_attn(self._norm("pre_attn", x), rope, mask, past, collect)
+        x = x + self._norm("post_attn", attn)
         return x + self._norm("post_mlp", self.mlp(self._norm("pre_mlp", x)))
 
 
@@ -183,31 +217,50 @@ class TextTransformer(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        prefix: PrefixState | None = None,
     ) -> torch.Tensor:
+        """Hidden states of ``input_ids``; with ``prefix`` (causal models), they follow its positions."""
+        return self._run(input_ids, attention_mask, position_ids, prefix, None)
+
+    def prefix_state(self, input_ids: torch.Tensor) -> PrefixState:
+        """The state after ``input_ids`` [1, P] at positions 0..P-1 (causal models only)."""
+        if not self.config.causal:
+            raise ValueError("a prefix state needs a causal model")
+        collect: list[KeyValues] = []
+        hidden = self._run(input_ids, None, None, None, collect)
+        return PrefixState(collect, hidden)
+
+    def _run(self, input_ids, attention_mask, position_ids, prefix, collect) -> torch.Tensor:
         cfg = self.config
         b, n = input_ids.shape
+        offset = 0 if prefix is None else prefix.length
         if position_ids is None:
-            position_ids = torch.arange(n, device=input_ids.device).expand(b, n)
+            position_ids = torch.arange(offset, offset + n, device=input_ids.device).expand(b, n)
         x = self.embed(input_ids)
-        masks = _MaskCache(cfg, attention_mask, n, x.device)
+        masks = _MaskCache(cfg, attention_mask, n, x.device, offset)
         ropes = {False: self._rope_full(position_ids, x.dtype)}
         if self._rope_local is not self._rope_full:
             ropes[True] = self._rope_local(position_ids, x.dtype)
         for i, layer in enumerate(self.layers):
             sliding = cfg.layer_is_sliding(i)
-            x = layer(x, ropes.get(sliding, ropes[False]), masks.get(sliding))
+            past = None if prefix is None else prefix.keys_values[i]
+            x = layer(x, ropes.get(sliding, ropes[False]), masks.get(sliding), past, collect)
         return self.norm(x) if cfg.final_norm else x
 
 
 class _MaskCache:
-    """Boolean attention masks [B, 1, L, L] (True = attend), built once per kind and only when needed.
+    """Boolean attention masks [B, 1, L, offset + L] (True = attend), built once per kind and only when needed.
 
-    Causal models with right padding need no padding mask: real tokens never see later (padded) keys, and
-    padded positions are never read. A causal model whose sequence fits its sliding window needs no mask at all.
+    Queries sit at positions ``offset..offset+L-1`` and keys at ``0..offset+L-1`` (``offset`` > 0 when a cached
+    prefix comes first). Causal models with right padding need no padding mask: real tokens never see later
+    (padded) keys, and padded positions are never read. A causal model without a prefix whose sequence fits its
+    sliding window needs no mask at all.
     """
 
-    def __init__(self, cfg: TransformerConfig, attention_mask: torch.Tensor | None, n: int, device) -> None:
-        self.cfg, self.n, self.device = cfg, n, device
+    def __init__(
+        self, cfg: TransformerConfig, attention_mask: torch.Tensor | None, n: int, device, offset: int = 0
+    ) -> None:
+        self.cfg, self.n, self.device, self.offset = cfg, n, device, offset
         self.keys = None
         if attention_mask is not None and not cfg.causal and not bool(attention_mask.all()):
             self.keys = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
@@ -219,13 +272,14 @@ class _MaskCache:
         return self._built[sliding]
 
     def _build(self, sliding: bool) -> torch.Tensor | None:
-        cfg, n = self.cfg, self.n
-        window = cfg.sliding_window if sliding and cfg.sliding_window and cfg.sliding_window < n else None
-        if cfg.causal and window is None:
+        cfg, n, offset = self.cfg, self.n, self.offset
+        total = offset + n
+        window = cfg.sliding_window if sliding and cfg.sliding_window and cfg.sliding_window < total else None
+        if cfg.causal and window is None and offset == 0:
             return None
-        i = torch.arange(n, device=self.device)
-        diff = i[:, None] - i[None, :]  # query - key
-        allowed = torch.ones(n, n, dtype=torch.bool, device=self.device)
+        queries = torch.arange(offset, total, device=self.device)
+        diff = queries[:, None] - torch.arange(total, device=self.device)[None, :]  # query - key
+        allowed = torch.ones(n, total, dtype=torch.bool, device=self.device)
         if cfg.causal:
             allowed = diff >= 0
         if window is not None:
@@ -233,6 +287,6 @@ class _MaskCache:
         mask = allowed[None, None]
         if self.keys is not None:
             mask = mask & self.keys
-        elif window is None:
+        elif window is None and not cfg.causal:
             return None  # bidirectional, no padding, no window: full attention
         return mask

@@ -46,6 +46,17 @@ class TokenBatch:
     adapter_left_pad: list[int] | None = (
         None  # masked zero positions the adapter sees before each row's slice
     )
+    shared_prefix: int = 0  # leading tokens identical in every row, at positions 0.., that no adapter reads
+
+
+def shared_prefix(rows: list[PromptTokens]) -> int:
+    """Length of the token prefix all rows share, within the part no row passes to the adapter."""
+    limit = min(r.adapter_start for r in rows)
+    first = rows[0].ids
+    n = 0
+    while n < limit and all(r.ids[n] == first[n] for r in rows):
+        n += 1
+    return n
 
 
 class TextPath(Protocol):
@@ -112,7 +123,9 @@ class GemmaChatPath:
         return PromptTokens(enc.ids, offsets, skip, len(enc.ids), n_prompt)
 
     def batch(self, rows: list[PromptTokens], tokenizer: Tokenizer, pad_to: int | None = None) -> TokenBatch:
-        return _right_padded(rows, tokenizer.pad_id, pad_to, mask_to_adapter=False)
+        batch = _right_padded(rows, tokenizer.pad_id, pad_to, mask_to_adapter=False)
+        batch.shared_prefix = shared_prefix(rows)
+        return batch
 
     def adapter_offsets(self, row: PromptTokens, tokenizer: Tokenizer) -> list[Offset]:
         return list(row.offsets[row.adapter_start : row.adapter_end])
