@@ -17,6 +17,12 @@ from pathlib import Path
 import torch
 
 LENGTHS = (16, 77, 256, 512)
+# whole-chain rows: ~80-90 prompt tokens with the tiny tokenizer's pieces, a typical short negative prompt
+CHAIN_PROMPT = (
+    "a girl with long silver hair stands in a field of flowers under a blue sky looking at the viewer " * 8
+).strip()
+CHAIN_NEGATIVE = "lowres, bad anatomy"
+CHAIN_VARIANTS = ("", " red", " blue", " green")
 DTYPE = torch.bfloat16
 
 
@@ -58,6 +64,25 @@ def weight_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
+def template_ids(llm_dir: Path, n: int, vocab: int) -> tuple[torch.Tensor, int]:
+    """The reference's Gemma-3 chat text around ``n`` prompt tokens: ids [1, 27 + n + 5] and the skip."""
+    from lib_llmcond.text.paths import GemmaChatPath
+    from lib_llmcond.text.tokenizer import load_tokenizer
+
+    path, tok = GemmaChatPath(), load_tokenizer(llm_dir)
+    head, tail = tok.encode(path.prefix).ids, tok.encode(path.suffix).ids
+    ids = torch.cat([torch.tensor([head]), ids_of(n, vocab), torch.tensor([tail])], dim=1)
+    return ids, len(head)
+
+
+def prompt_ids(m, llm_dir: Path, n: int, vocab: int) -> tuple[torch.Tensor, int]:
+    """What each side runs for an ``n``-token prompt: the chat template for Gemma-3 (the reference's text
+    path), the prompt alone for the others. Returns the ids and the template's shared head length."""
+    if m.family == "gemma3" and llm_dir.is_dir():
+        return template_ids(llm_dir, n, vocab)
+    return ids_of(n, vocab), 0
+
+
 # -- our path ------------------------------------------------------------------------------------------------
 def run_ours(m, llm_dir: Path, adapter: Path | None, repeats: int, device: str) -> dict:
     from lib_llmcond.encoders.llm import load_llm
@@ -68,27 +93,46 @@ def run_ours(m, llm_dir: Path, adapter: Path | None, repeats: int, device: str) 
     llm = load_llm(llm_dir, dtype=DTYPE, device=device)
     out["load_cold_s"] = time.perf_counter() - t0
     out["resident_after_load"] = rss_bytes() - base
-    del llm
+    encode = _ours_encoder(m, llm, llm_dir, device)
+    t0 = time.perf_counter()
+    encode(77)()
+    out["first_encode_s"] = time.perf_counter() - t0
+    del llm, encode
     gc.collect()
     t0 = time.perf_counter()
     llm = load_llm(llm_dir, dtype=DTYPE, device=device)
     out["load_warm_s"] = time.perf_counter() - t0
-    model, causal = llm.model, llm.config.causal
+    encode = _ours_encoder(m, llm, llm_dir, device)
     for n in LENGTHS:
-        ids = ids_of(n, llm.config.vocab_size).to(device)
-        mask = torch.ones_like(ids)
-        # the T5Gemma path runs the real tokens at the positions of the reference's padded layout
-        pos = None if causal else torch.arange(512 - n, 512, device=device)[None]
-        with torch.inference_mode():
-            out[f"encode_{n}_s"] = best(
-                lambda ids=ids, mask=mask, pos=pos, f=model: f(ids, mask, pos), repeats, device
-            )
+        out[f"encode_{n}_s"] = best(encode(n), repeats, device)
     out["peak_rss"] = peak_rss_bytes() - base
-    del llm, model
+    out["resident_after_encode"] = rss_bytes() - base
+    del llm, encode
     gc.collect()
     if adapter is not None:
         out.update(_ours_engine_rows(llm_dir, adapter, repeats, device))
     return out
+
+
+def _ours_encoder(m, llm, llm_dir: Path, device: str) -> Callable[[int], Callable[[], object]]:
+    """n -> a call running our LLM stage on an n-token prompt (the cached template head included)."""
+    from lib_llmcond.text.paths import TokenBatch
+
+    def for_length(n: int) -> Callable[[], object]:
+        ids, head = prompt_ids(m, llm_dir, n, llm.config.vocab_size)
+        mask = torch.ones_like(ids)
+        # the T5Gemma path runs the real tokens at the positions of the reference's padded layout
+        first = 0 if llm.config.causal else 512 - n
+        pos = torch.arange(first, first + ids.shape[1])[None]
+        batch = TokenBatch(ids, mask, pos, [], [], False, shared_prefix=head)
+
+        def run() -> object:
+            with torch.inference_mode():
+                return llm.hidden_states(batch)
+
+        return run
+
+    return for_length
 
 
 def _ours_engine_rows(llm_dir: Path, adapter: Path, repeats: int, device: str) -> dict:
@@ -105,10 +149,7 @@ def _ours_engine_rows(llm_dir: Path, adapter: Path, repeats: int, device: str) -
     opts = EncodeOptions(
         llm=str(llm_dir), adapter=str(adapter), device=device, memory="keep", emphasis="None"
     )
-    words = (
-        "a girl with long silver hair stands in a field of flowers under a blue sky looking at the viewer "
-    )
-    prompt = (words * 8).strip()  # ~77-90 tokens with the tiny tokenizer's pieces
+    prompt = CHAIN_PROMPT
     counter = [0]
 
     def fresh(texts: list[str]) -> Callable[[], object]:
@@ -121,10 +162,8 @@ def _ours_engine_rows(llm_dir: Path, adapter: Path, repeats: int, device: str) -
         return run
 
     out["engine_1_prompt_s"] = best(fresh([prompt]), repeats, device)
-    out["engine_cond_uncond_s"] = best(fresh([prompt, "lowres, bad anatomy"]), repeats, device)
-    out["engine_4_prompts_s"] = best(
-        fresh([prompt, prompt + " red", prompt + " blue", prompt + " green"]), repeats, device
-    )
+    out["engine_cond_uncond_s"] = best(fresh([prompt, CHAIN_NEGATIVE]), repeats, device)
+    out["engine_4_prompts_s"] = best(fresh([prompt + s for s in CHAIN_VARIANTS]), repeats, device)
     engine.get_conditioning([prompt], opts, width=1024, height=1024)
     sizes = iter(range(512, 4096, 8))
     out["cache_hit_s"] = best(
@@ -155,29 +194,19 @@ def run_hf(m, llm_dir: Path, adapter: Path | None, repeats: int, device: str) ->
     model = load().eval()
     out["load_cold_s"] = time.perf_counter() - t0
     out["resident_after_load"] = rss_bytes() - base
+    t0 = time.perf_counter()
+    _hf_encoder(m, model, llm_dir, device)(77)()
+    out["first_encode_s"] = time.perf_counter() - t0
     del model
     gc.collect()
     t0 = time.perf_counter()
     model = load().eval()
     out["load_warm_s"] = time.perf_counter() - t0
-    vocab = model.config.vocab_size if m.family != "t5gemma" else model.config.encoder.vocab_size
+    encode = _hf_encoder(m, model, llm_dir, device)
     for n in LENGTHS:
-        ids = ids_of(n, vocab).to(device)
-        if m.family == "t5gemma":  # the reference pads every prompt to 512 and passes the mask
-            full = torch.zeros(1, 512, dtype=torch.long, device=device)
-            full[:, 512 - n :] = ids
-            mask = (torch.arange(512, device=device) >= 512 - n).long()[None]
-
-            def fn(full=full, mask=mask):
-                return model(input_ids=full, attention_mask=mask).last_hidden_state
-        else:
-
-            def fn(ids=ids):
-                return model(ids, output_hidden_states=True).hidden_states[-1]
-
-        with torch.no_grad():
-            out[f"encode_{n}_s"] = best(fn, repeats, device)
+        out[f"encode_{n}_s"] = best(encode(n), repeats, device)
     out["peak_rss"] = peak_rss_bytes() - base
+    out["resident_after_encode"] = rss_bytes() - base
     if adapter is not None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from ref_oracle import RefAdapter
@@ -188,7 +217,76 @@ def run_hf(m, llm_dir: Path, adapter: Path | None, repeats: int, device: str) ->
         h = torch.randn(1, 77, hidden, generator=torch.Generator().manual_seed(0)).to(device)
         with torch.no_grad():
             out["adapter_77_s"] = best(lambda: ad(h), repeats, device)
+        out.update(_hf_chain_rows(m, model, ad, llm_dir, repeats, device))
     return out
+
+
+def _hf_chain_rows(m, model, ad, llm_dir: Path, repeats: int, device: str) -> dict:
+    """The reference's whole chain, as its nodes run it: one prompt at a time, template -> transformers
+    forward -> skip -> adapter (T5Gemma: padded to 512, mask to the adapter). Same prompts as ours."""
+    from lib_llmcond.text.paths import text_path
+    from lib_llmcond.text.tokenizer import load_tokenizer
+
+    tok, path = load_tokenizer(llm_dir), text_path(m.family)
+
+    def one(text: str) -> object:
+        row = path.tokenize(text, tok)
+        ids = torch.tensor([row.ids], device=device)
+        with torch.no_grad():
+            if m.family == "t5gemma":
+                k = min(len(row.ids), 512)
+                full = torch.zeros(1, 512, dtype=torch.long, device=device)
+                full[:, 512 - k :] = ids[:, :k]
+                mask = (torch.arange(512, device=device) >= 512 - k).long()[None]
+                h = model(input_ids=full, attention_mask=mask).last_hidden_state
+                return ad(h.float(), mask)
+            h = model(ids, output_hidden_states=True).hidden_states[-1][:, row.adapter_start :]
+            return ad(h.float())
+
+    counter = [0]
+
+    def fresh(texts: list[str]) -> Callable[[], object]:
+        def run() -> object:
+            counter[0] += 1
+            return [one(f"{t} {counter[0]}") for t in texts]
+
+        return run
+
+    prompt = CHAIN_PROMPT
+    return {
+        "engine_1_prompt_s": best(fresh([prompt]), repeats, device),
+        "engine_cond_uncond_s": best(fresh([prompt, CHAIN_NEGATIVE]), repeats, device),
+        "engine_4_prompts_s": best(fresh([prompt + s for s in CHAIN_VARIANTS]), repeats, device),
+    }
+
+
+def _hf_encoder(m, model, llm_dir: Path, device: str) -> Callable[[int], Callable[[], object]]:
+    """n -> a call running the reference's transformers forward on an n-token prompt, as it runs it: the
+    whole chat text through ``Gemma3ForCausalLM`` (LM head included) for Gemma-3, the prompt padded to 512
+    with its mask for T5Gemma."""
+    vocab = model.config.vocab_size if m.family != "t5gemma" else model.config.encoder.vocab_size
+
+    def for_length(n: int) -> Callable[[], object]:
+        ids, _ = prompt_ids(m, llm_dir, n, vocab)
+        ids = ids.to(device)
+        if m.family == "t5gemma":  # the reference pads every prompt to 512 and passes the mask
+            full = torch.zeros(1, 512, dtype=torch.long, device=device)
+            full[:, 512 - n :] = ids
+            mask = (torch.arange(512, device=device) >= 512 - n).long()[None]
+
+            def run() -> object:
+                with torch.no_grad():
+                    return model(input_ids=full, attention_mask=mask).last_hidden_state
+
+            return run
+
+        def run_causal() -> object:
+            with torch.no_grad():
+                return model(ids, output_hidden_states=True).hidden_states[-1]
+
+        return run_causal
+
+    return for_length
 
 
 def main(argv: list[str] | None = None) -> None:

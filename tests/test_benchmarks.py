@@ -20,7 +20,7 @@ def test_benchmark_harness_runs_on_tiny_models(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "| encode 512 tokens | s |" in proc.stdout and "ours / transformers" in proc.stdout
+    assert "| encode a 512-token prompt | s |" in proc.stdout and "ours / transformers" in proc.stdout
     path = Path(proc.stdout.strip().splitlines()[-1].removeprefix("JSON: "))
     data = json.loads(path.read_text())
     assert {"ours", "transformers"} <= set(data["gemma"]) and data["gemma"]["ours"]["encode_77_s"] > 0
