@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import IncompatibleModelsError, ModelFileError
+from ..skeleton import meta_skeleton
 from . import llm_to_sdxl
 from .base import Adapter
 from .files import TensorFile, open_tensor_file
@@ -188,7 +189,7 @@ def _sample(shapes: Mapping[str, tuple[int, ...]], limit: int = 12) -> str:
 
 
 def _meta_build(factory):
-    with torch.device("meta"):
+    with meta_skeleton():
         return factory()
 
 

@@ -16,6 +16,7 @@ from safetensors import safe_open
 from lib_llmcond.encoders.config import TransformerConfig, config_from_hf
 from lib_llmcond.encoders.transformer import TextTransformer
 from lib_llmcond.errors import ModelFileError
+from lib_llmcond.skeleton import meta_skeleton
 
 # family -> (prefixes mapped to our names, prefixes of tensors we never need)
 KEY_PREFIXES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -107,7 +108,7 @@ def load_transformer(
 ) -> tuple[TransformerConfig, TextTransformer]:
     directory = Path(directory)
     _, cfg = read_config(directory)
-    with torch.device("meta"):
+    with meta_skeleton():
         model = TextTransformer(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}
