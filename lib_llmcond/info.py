@@ -16,14 +16,11 @@ def _llm_dir_info(path: Path) -> dict[str, Any]:
 
     _, cfg = read_config(path)
     params, dtypes, tensors = 0, set(), 0
-    for _, key, _f, handle in iter_tensors(weight_files(path), cfg.family):
-        sl = handle.get_slice(key)
-        n = 1
-        for d in sl.get_shape():
-            n *= d
-        params += n
+    for _, key, header in iter_tensors(weight_files(path), cfg.family):
+        entry = header.entries[key]
+        params += entry.nbytes // entry.torch_dtype.itemsize
         tensors += 1
-        dtypes.add(str(sl.get_dtype()))
+        dtypes.add(entry.dtype)
     return {
         "kind": "LLM (HF directory)",
         "family": cfg.family,

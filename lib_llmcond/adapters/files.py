@@ -4,9 +4,7 @@ through ``torch.load(weights_only=True)``: a pickle can run code, and we never l
 from __future__ import annotations
 
 import contextlib
-import json
 import pickle
-import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,14 +12,10 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFileError
+from ..safetensors_file import REDOWNLOAD, SafetensorsFile, read_header, read_tensor
 
 SAFETENSORS = (".safetensors",)
 PICKLES = (".pth", ".pt", ".bin", ".ckpt")
-_REDOWNLOAD = "Download the file again (compare its size with the source) or pick another file"
-_TORCH_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-}  # fmt: skip
 _WRAPPERS = ("state_dict", "model", "module", "ema", "params", "weights", "resampler")
 
 
@@ -32,8 +26,7 @@ class TensorFile:
     dtypes: dict[str, str]  # on disk, e.g. "BF16" or "bfloat16"
     meta: dict[str, str] = field(default_factory=dict)  # safetensors metadata / a pickle's plain values
     _tensors: Mapping[str, torch.Tensor] | None = field(default=None, repr=False)  # a loaded pickle
-    _spans: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # safetensors byte ranges
-    _data_start: int = 0
+    _header: SafetensorsFile | None = field(default=None, repr=False)  # a safetensors file's table
 
     @property
     def dtype(self) -> str:
@@ -48,15 +41,11 @@ class TensorFile:
         if self._tensors is not None:
             yield lambda key: _fp32(self._tensors[key])
             return
+        entries = self._header.entries if self._header else {}
         with self.path.open("rb") as f:
 
             def read(key: str) -> torch.Tensor:
-                start, end = self._spans[key]
-                raw = torch.empty(end - start, dtype=torch.uint8)
-                f.seek(self._data_start + start)
-                if f.readinto(memoryview(raw.numpy())) != end - start:
-                    raise ModelFileError(f"tensor {key!r} is cut short", path=self.path, fix=_REDOWNLOAD)
-                t = raw.view(_TORCH_DTYPES[self.dtypes[key]]).reshape(self.shapes[key])
+                t = read_tensor(f, entries[key], self.path, key)
                 return t if t.dtype == torch.float32 else t.to(torch.float32)
 
             yield read
@@ -87,34 +76,11 @@ def open_tensor_file(path: str | Path) -> TensorFile:
 
 
 def _open_safetensors(path: Path) -> TensorFile:
-    """Parse and check the header ourselves: a truncated file is caught before any tensor is read."""
-    size = path.stat().st_size
-    try:
-        with path.open("rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ValueError("shorter than a safetensors header")
-            (n,) = struct.unpack("<Q", head)
-            if n > size - 8 or n > 100 * 2**20:
-                raise ValueError(f"header length {n} does not fit in a {size}-byte file")
-            header = json.loads(f.read(n))
-        shapes, dtypes, spans = {}, {}, {}
-        meta = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
-        data_size = size - 8 - n
-        for key, info in header.items():
-            if key == "__metadata__":
-                continue
-            start, end = (int(o) for o in info["data_offsets"])
-            shape = tuple(int(s) for s in info["shape"])
-            if info["dtype"] not in _TORCH_DTYPES:
-                raise ValueError(f"tensor {key!r} has dtype {info['dtype']}, which adapters never use")
-            expected = _numel(shape) * _TORCH_DTYPES[info["dtype"]].itemsize
-            if end > data_size or start > end or end - start != expected:
-                raise ValueError(f"tensor {key!r} lies outside the file's data (truncated?)")
-            shapes[key], dtypes[key], spans[key] = shape, str(info["dtype"]), (start, end)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, struct.error) as err:
-        raise ModelFileError(f"not a readable safetensors file: {err}", path=path, fix=_REDOWNLOAD) from err
-    return TensorFile(path, shapes, dtypes, meta, _spans=spans, _data_start=8 + n)
+    """The header is parsed and checked first: a truncated file is caught before any tensor is read."""
+    header = read_header(path)
+    shapes = {k: e.shape for k, e in header.entries.items()}
+    dtypes = {k: e.dtype for k, e in header.entries.items()}
+    return TensorFile(path, shapes, dtypes, header.meta, _header=header)
 
 
 def _open_pickle(path: Path) -> TensorFile:
@@ -152,7 +118,7 @@ def _torch_load(path: Path) -> object:
         ) from err
     except Exception as err:
         raise ModelFileError(
-            f"cannot read this file ({type(err).__name__}: {err})", path=path, fix=_REDOWNLOAD
+            f"cannot read this file ({type(err).__name__}: {err})", path=path, fix=REDOWNLOAD
         ) from err
 
 
@@ -183,10 +149,3 @@ def _plain_values(obj: object, depth: int = 0) -> dict[str, str]:
                 for kk, vv in _plain_values(v, depth + 1).items():
                     out.setdefault(kk, vv)
     return out
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n

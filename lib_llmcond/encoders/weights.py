@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
-from safetensors import safe_open
 
 from lib_llmcond.encoders.config import TransformerConfig, config_from_hf
 from lib_llmcond.encoders.transformer import TextTransformer
 from lib_llmcond.errors import ModelFileError
+from lib_llmcond.safetensors_file import SafetensorsFile, map_tensor, read_header, read_tensor
 from lib_llmcond.skeleton import meta_skeleton
 
 # family -> (prefixes mapped to our names, prefixes of tensors we never need)
@@ -87,50 +88,47 @@ def _map_key(key: str, family: str) -> str | None:
     return key
 
 
-def iter_tensors(files: list[Path], family: str) -> Iterator[tuple[str, str, Path, object]]:
-    """(our name, file key, file, open handle) for every tensor we need."""
-    for f in files:
-        try:
-            handle = safe_open(str(f), framework="pt")
-            keys = list(handle.keys())
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise ModelFileError(
-                f"not a readable safetensors file ({e})", path=f, fix="re-download it"
-            ) from e
-        for key in keys:
+def iter_tensors(files: list[Path], family: str) -> Iterator[tuple[str, str, SafetensorsFile]]:
+    """(our name, file key, the file's header) for every tensor we need; headers are checked first."""
+    for header in [read_header(f) for f in files]:
+        for key in header.entries:
             name = _map_key(key, family)
             if name is not None:
-                yield name, key, f, handle
+                yield name, key, header
 
 
 def load_transformer(
     directory: str | Path, *, dtype: torch.dtype, device: str | torch.device = "cpu"
 ) -> tuple[TransformerConfig, TextTransformer]:
-    directory = Path(directory)
+    """On the CPU, tensors already in ``dtype`` stay mapped from the file, each on its own (see
+    ``safetensors_file``); others are read, converted and moved one at a time."""
+    directory, device = Path(directory), torch.device(device)
     _, cfg = read_config(directory)
     with meta_skeleton():
         model = TextTransformer(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
-    for name, key, f, handle in iter_tensors(weight_files(directory), cfg.family):
-        if name not in expected:
-            unexpected.append(key)
-            continue
-        try:
-            tensor = handle.get_slice(key)
-            shape = tuple(tensor.get_shape())
-            if shape != expected[name]:
+    handles: dict[Path, BinaryIO] = {}
+    try:
+        for name, key, header in iter_tensors(weight_files(directory), cfg.family):
+            if name not in expected:
+                unexpected.append(key)
+                continue
+            entry = header.entries[key]
+            if entry.shape != expected[name]:
                 raise ModelFileError(
-                    f"tensor {key} has shape {list(shape)}, the config implies {list(expected[name])}",
-                    path=f,
+                    f"tensor {key} has shape {list(entry.shape)}, the config implies {list(expected[name])}",
+                    path=header.path,
                     fix="the weights do not belong to this config.json",
                 )
-            state[name] = handle.get_tensor(key).to(device=device, dtype=dtype)
-        except ModelFileError:
-            raise
-        except Exception as e:
-            raise ModelFileError(f"cannot read tensor {key} ({e})", path=f, fix="re-download the file") from e
+            f = handles.get(header.path) or handles.setdefault(header.path, header.path.open("rb"))
+            keep_mapped = device.type == "cpu" and entry.torch_dtype == dtype
+            tensor = (map_tensor if keep_mapped else read_tensor)(f, entry, header.path, key)
+            state[name] = tensor.to(device=device, dtype=dtype)
+    finally:
+        for f in handles.values():
+            f.close()
     _check_complete(expected, state, unexpected, directory)
     model.load_state_dict(state, assign=True, strict=True)
     return cfg, model.eval().requires_grad_(False)
