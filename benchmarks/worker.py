@@ -83,6 +83,33 @@ def prompt_ids(m, llm_dir: Path, n: int, vocab: int) -> tuple[torch.Tensor, int]
     return ids_of(n, vocab), 0
 
 
+def padded_to_512(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's T5Gemma layout of one row of at most 512 ids: left-padded to 512, and its mask."""
+    k = ids.shape[1]
+    full = torch.zeros(1, 512, dtype=torch.long, device=ids.device)
+    full[:, 512 - k :] = ids
+    return full, (torch.arange(512, device=ids.device) >= 512 - k).long()[None]
+
+
+def chain_rows(encode: Callable[[list[str]], object], repeats: int, device: str) -> dict:
+    """The whole-chain rows (1 prompt, cond + uncond, 4 prompts) of ``encode(texts)``; each run gets new texts,
+    so nothing is served from a cache."""
+    counter = [0]
+
+    def fresh(texts: list[str]) -> Callable[[], object]:
+        def run() -> object:
+            counter[0] += 1
+            return encode([f"{t} {counter[0]}" for t in texts])
+
+        return run
+
+    return {
+        "engine_1_prompt_s": best(fresh([CHAIN_PROMPT]), repeats, device),
+        "engine_cond_uncond_s": best(fresh([CHAIN_PROMPT, CHAIN_NEGATIVE]), repeats, device),
+        "engine_4_prompts_s": best(fresh([CHAIN_PROMPT + s for s in CHAIN_VARIANTS]), repeats, device),
+    }
+
+
 # -- our path ------------------------------------------------------------------------------------------------
 def run_ours(m, llm_dir: Path, adapter: Path | None, repeats: int, device: str) -> dict:
     from lib_llmcond.encoders.llm import load_llm
@@ -150,20 +177,11 @@ def _ours_engine_rows(llm_dir: Path, adapter: Path, repeats: int, device: str) -
         llm=str(llm_dir), adapter=str(adapter), device=device, memory="keep", emphasis="None"
     )
     prompt = CHAIN_PROMPT
-    counter = [0]
-
-    def fresh(texts: list[str]) -> Callable[[], object]:
-        def run() -> object:
-            counter[0] += 1
-            return engine.get_conditioning(
-                [f"{t} {counter[0]}" for t in texts], opts, width=1024, height=1024
-            )  # a new text each run: no cache hits
-
-        return run
-
-    out["engine_1_prompt_s"] = best(fresh([prompt]), repeats, device)
-    out["engine_cond_uncond_s"] = best(fresh([prompt, CHAIN_NEGATIVE]), repeats, device)
-    out["engine_4_prompts_s"] = best(fresh([prompt + s for s in CHAIN_VARIANTS]), repeats, device)
+    out.update(
+        chain_rows(
+            lambda texts: engine.get_conditioning(texts, opts, width=1024, height=1024), repeats, device
+        )
+    )
     engine.get_conditioning([prompt], opts, width=1024, height=1024)
     sizes = iter(range(512, 4096, 8))
     out["cache_hit_s"] = best(
@@ -234,30 +252,13 @@ def _hf_chain_rows(m, model, ad, llm_dir: Path, repeats: int, device: str) -> di
         ids = torch.tensor([row.ids], device=device)
         with torch.no_grad():
             if m.family == "t5gemma":
-                k = min(len(row.ids), 512)
-                full = torch.zeros(1, 512, dtype=torch.long, device=device)
-                full[:, 512 - k :] = ids[:, :k]
-                mask = (torch.arange(512, device=device) >= 512 - k).long()[None]
+                full, mask = padded_to_512(ids[:, :512])
                 h = model(input_ids=full, attention_mask=mask).last_hidden_state
                 return ad(h.float(), mask)
             h = model(ids, output_hidden_states=True).hidden_states[-1][:, row.adapter_start :]
             return ad(h.float())
 
-    counter = [0]
-
-    def fresh(texts: list[str]) -> Callable[[], object]:
-        def run() -> object:
-            counter[0] += 1
-            return [one(f"{t} {counter[0]}") for t in texts]
-
-        return run
-
-    prompt = CHAIN_PROMPT
-    return {
-        "engine_1_prompt_s": best(fresh([prompt]), repeats, device),
-        "engine_cond_uncond_s": best(fresh([prompt, CHAIN_NEGATIVE]), repeats, device),
-        "engine_4_prompts_s": best(fresh([prompt + s for s in CHAIN_VARIANTS]), repeats, device),
-    }
+    return chain_rows(lambda texts: [one(t) for t in texts], repeats, device)
 
 
 def _hf_encoder(m, model, llm_dir: Path, device: str) -> Callable[[int], Callable[[], object]]:
@@ -270,9 +271,7 @@ def _hf_encoder(m, model, llm_dir: Path, device: str) -> Callable[[int], Callabl
         ids, _ = prompt_ids(m, llm_dir, n, vocab)
         ids = ids.to(device)
         if m.family == "t5gemma":  # the reference pads every prompt to 512 and passes the mask
-            full = torch.zeros(1, 512, dtype=torch.long, device=device)
-            full[:, 512 - n :] = ids
-            mask = (torch.arange(512, device=device) >= 512 - n).long()[None]
+            full, mask = padded_to_512(ids)
 
             def run() -> object:
                 with torch.no_grad():

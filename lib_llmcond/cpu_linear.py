@@ -97,9 +97,10 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, {state}"
 
 
-def packed(linear: nn.Linear) -> nn.Module:
-    """``linear`` as a :class:`PackedLinear` when its weight can be packed, else ``linear`` itself."""
-    if not can_pack(linear.weight):
+def packed(linear: nn.Module) -> nn.Module:
+    """``linear`` as a :class:`PackedLinear` when it is a plain ``nn.Linear`` whose weight can be packed, else
+    ``linear`` itself (subclasses may change ``forward``; an already packed layer stays as it is)."""
+    if type(linear) is not nn.Linear or not can_pack(linear.weight):
         return linear
     return PackedLinear(linear.weight, linear.bias)
 
@@ -109,9 +110,8 @@ def pack_linears(root: nn.Module) -> int:
     count = 0
     for parent in list(root.modules()):
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                new = packed(child)
-                if new is not child:
-                    setattr(parent, name, new)
-                    count += 1
+            new = packed(child)
+            if new is not child:
+                setattr(parent, name, new)
+                count += 1
     return count

@@ -16,8 +16,7 @@ def _llm_dir_info(path: Path) -> dict[str, Any]:
 
     _, cfg = read_config(path)
     params, dtypes, tensors = 0, set(), 0
-    for _, key, header in iter_tensors(weight_files(path), cfg.family):
-        entry = header.entries[key]
+    for _, _key, _file, entry in iter_tensors(weight_files(path), cfg.family):
         params += entry.nbytes // entry.torch_dtype.itemsize
         tensors += 1
         dtypes.add(entry.dtype)

@@ -109,9 +109,9 @@ class MultiheadAttention(nn.Module):
         return self.in_packed["qkv"](x)[..., lo:hi]
 
     def pack(self) -> None:
-        from lib_llmcond.cpu_linear import PackedLinear, can_pack
+        from lib_llmcond.cpu_linear import PackedLinear, can_pack, packed
 
-        self.out_proj = _packed(self.out_proj)
+        self.out_proj = packed(self.out_proj)
         if self.in_packed is not None or not can_pack(self.in_proj_weight):
             return
         w, b = self.in_proj_weight, self.in_proj_bias
@@ -143,12 +143,6 @@ class MultiheadAttention(nn.Module):
 
 
 _PARTS = {"qkv": lambda d: (0, 3 * d), "q": lambda d: (0, d), "kv": lambda d: (d, 3 * d)}
-
-
-def _packed(linear: nn.Module) -> nn.Module:
-    from lib_llmcond.cpu_linear import packed
-
-    return packed(linear) if type(linear) is nn.Linear else linear
 
 
 class TransformerBlock(nn.Module):
@@ -284,15 +278,17 @@ class LLMToSDXLAdapter(Adapter):
     def pack_for_cpu(self) -> None:
         """Pre-pack the linears for oneDNN (``cpu_linear``) when the module computes on the CPU. The gate
         stays dense: its two halves are used apart."""
+        from lib_llmcond.cpu_linear import packed
+
         for block in (*self.wide_attention_blocks, *self.narrow_attention_blocks):
             block.attn.pack()
-            block.mlp[0], block.mlp[2] = _packed(block.mlp[0]), _packed(block.mlp[2])
+            block.mlp[0], block.mlp[2] = packed(block.mlp[0]), packed(block.mlp[2])
         self.compression_attention.pack()
         self.pooling_attention.pack()
         if self.config.llm_dim != self.config.dim:
-            self.seq_projection = _packed(self.seq_projection)
-        self.pooled_projection[0] = _packed(self.pooled_projection[0])
-        self.pooled_projection[4] = _packed(self.pooled_projection[4])
+            self.seq_projection = packed(self.seq_projection)
+        self.pooled_projection[0] = packed(self.pooled_projection[0])
+        self.pooled_projection[4] = packed(self.pooled_projection[4])
 
 
 def _version(p: torch.Tensor) -> int:

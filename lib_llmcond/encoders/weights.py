@@ -6,6 +6,7 @@ in the compute dtype, so peak memory is about the weights' size, with no fp32 co
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from lib_llmcond.encoders.config import TransformerConfig, config_from_hf
 from lib_llmcond.encoders.transformer import TextTransformer
 from lib_llmcond.errors import ModelFileError
-from lib_llmcond.safetensors_file import SafetensorsFile, map_tensor, read_header, read_tensor
+from lib_llmcond.safetensors_file import Entry, map_tensor, read_header, read_tensor
 from lib_llmcond.skeleton import meta_skeleton
 
 # family -> (prefixes mapped to our names, prefixes of tensors we never need)
@@ -88,13 +89,13 @@ def _map_key(key: str, family: str) -> str | None:
     return key
 
 
-def iter_tensors(files: list[Path], family: str) -> Iterator[tuple[str, str, SafetensorsFile]]:
-    """(our name, file key, the file's header) for every tensor we need; headers are checked first."""
+def iter_tensors(files: list[Path], family: str) -> Iterator[tuple[str, str, Path, Entry]]:
+    """(our name, file key, file, its table entry) for every tensor we need; all headers are checked first."""
     for header in [read_header(f) for f in files]:
-        for key in header.entries:
+        for key, entry in header.entries.items():
             name = _map_key(key, family)
             if name is not None:
-                yield name, key, header
+                yield name, key, header.path, entry
 
 
 def load_transformer(
@@ -109,26 +110,23 @@ def load_transformer(
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
-    handles: dict[Path, BinaryIO] = {}
-    try:
-        for name, key, header in iter_tensors(weight_files(directory), cfg.family):
+    with contextlib.ExitStack() as stack:
+        handles: dict[Path, BinaryIO] = {}
+        for name, key, path, entry in iter_tensors(weight_files(directory), cfg.family):
             if name not in expected:
                 unexpected.append(key)
                 continue
-            entry = header.entries[key]
             if entry.shape != expected[name]:
                 raise ModelFileError(
                     f"tensor {key} has shape {list(entry.shape)}, the config implies {list(expected[name])}",
-                    path=header.path,
+                    path=path,
                     fix="the weights do not belong to this config.json",
                 )
-            f = handles.get(header.path) or handles.setdefault(header.path, header.path.open("rb"))
+            if path not in handles:
+                handles[path] = stack.enter_context(path.open("rb"))
             keep_mapped = device.type == "cpu" and entry.torch_dtype == dtype
-            tensor = (map_tensor if keep_mapped else read_tensor)(f, entry, header.path, key)
+            tensor = (map_tensor if keep_mapped else read_tensor)(handles[path], entry, path, key)
             state[name] = tensor.to(device=device, dtype=dtype)
-    finally:
-        for f in handles.values():
-            f.close()
     _check_complete(expected, state, unexpected, directory)
     model.load_state_dict(state, assign=True, strict=True)
     return cfg, model.eval().requires_grad_(False)
