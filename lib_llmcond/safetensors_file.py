@@ -94,8 +94,12 @@ def _entry(key: str, info: dict, data_start: int, size: int) -> Entry:
 def read_tensor(f: BinaryIO, entry: Entry, path: Path, key: str) -> torch.Tensor:
     """One tensor copied into our own memory with plain reads (``f``: the file opened in binary mode)."""
     raw = torch.empty(entry.nbytes, dtype=torch.uint8)
-    f.seek(entry.start)
-    if entry.nbytes and f.readinto(memoryview(raw.numpy())) != entry.nbytes:
+    try:
+        f.seek(entry.start)
+        got = f.readinto(memoryview(raw.numpy())) if entry.nbytes else 0
+    except OSError as err:  # a disk or network-share error mid-read
+        raise ModelFileError(f"cannot read tensor {key!r} ({err})", path=path, fix=REDOWNLOAD) from err
+    if got != entry.nbytes:
         raise ModelFileError(f"tensor {key!r} is cut short", path=path, fix=REDOWNLOAD)
     return raw.view(entry.torch_dtype).reshape(entry.shape)
 

@@ -105,3 +105,19 @@ def test_a_model_loaded_from_mappings_equals_one_read(tmp_path, monkeypatch):
         del model
     for out in outputs[1:]:
         assert torch.allclose(out, outputs[0], atol=1e-5)
+
+
+def test_a_read_error_becomes_a_model_file_error(tmp_path):
+    path = _write(tmp_path)
+    entry = read_header(path).entries["big.f32"]
+
+    class Failing:
+        def seek(self, _):
+            pass
+
+        def readinto(self, _):
+            raise OSError(5, "Input/output error")
+
+    with pytest.raises(ModelFileError, match="cannot read tensor 'big.f32'") as err:
+        read_tensor(Failing(), entry, path, "big.f32")
+    assert str(path) in str(err.value) and err.value.fix
