@@ -49,7 +49,11 @@ def make_vector(pooled: torch.Tensor, **sizes: int | None) -> torch.Tensor:
     """``pooled`` [N, 1280] plus the size/crop embeddings (keyword arguments of :func:`size_vector`)."""
     if pooled.shape[-1] != POOLED_DIM:
         raise ValueError(f"pooled must be {POOLED_DIM} wide, got {tuple(pooled.shape)}")
-    extra = size_vector(pooled.shape[0], **sizes).to(pooled.device)  # type: ignore[arg-type]
+    extra = size_vector(pooled.shape[0], **sizes)  # type: ignore[arg-type]
+    if pooled.device.type == "cuda":  # computed on the CPU, copied without making the host wait
+        extra = extra.pin_memory().to(pooled.device, non_blocking=True)
+    else:
+        extra = extra.to(pooled.device)
     return torch.cat([pooled.to(torch.float32), extra], dim=1)
 
 

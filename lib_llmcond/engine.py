@@ -18,6 +18,7 @@ import torch
 from lib_llmcond.compat import bf16_supported
 from lib_llmcond.conditioning import POOLED_DIM, make_vector, pad_blocks
 from lib_llmcond.errors import IncompatibleModelsError, LlmcondError
+from lib_llmcond.matmul_precision import PRECISIONS, resolve_precision
 from lib_llmcond.models import Identity, identity
 from lib_llmcond.pipeline import EncodedText, Pipeline, PromptReport, TextOptions
 
@@ -44,6 +45,7 @@ class EncodeOptions:
     memory: str = "offload"  # "keep" | "offload" | "unload"
     fixed_size: bool = False  # size conditioning fixed at 1024x1024
     emphasis_mapping: str = "argmax"  # "argmax" | "attention" (README: Emphasis)
+    adapter_precision: str = "auto"  # "auto" | "fp32" | "tf32": fp32 matmuls on CUDA (matmul_precision)
 
     def __post_init__(self) -> None:
         if self.llm_dtype not in ("auto", *DTYPES):
@@ -52,6 +54,8 @@ class EncodeOptions:
             )
         if self.memory not in MEMORY_POLICIES:
             raise ValueError(f"memory must be one of {MEMORY_POLICIES}, not {self.memory!r}")
+        if self.adapter_precision not in PRECISIONS:
+            raise ValueError(f"adapter_precision must be one of {PRECISIONS}, not {self.adapter_precision!r}")
         if self.empty_negative not in EMPTY_NEGATIVE:
             raise ValueError(f"empty_negative must be one of {EMPTY_NEGATIVE}, not {self.empty_negative!r}")
         self.text_options()  # validates the text options
@@ -153,7 +157,9 @@ class Engine:
                 path=opts.adapter,
                 fix="choose the adapter trained for this LLM (the info line lists compatible pairs)",
             )
-        return Pipeline(llm, adapter), (llm_id.fingerprint, adapter_id.fingerprint, str(dtype), device.type)
+        precision = resolve_precision(opts.adapter_precision, device)
+        key = (llm_id.fingerprint, adapter_id.fingerprint, str(dtype), str(device), precision)
+        return Pipeline(llm, adapter, precision), key
 
     def _after_use(self, opts: EncodeOptions) -> None:
         with self._lock:
@@ -207,7 +213,7 @@ class Engine:
         reports: list | None = None,
         prefetch: Sequence[str] = (),
     ) -> dict[str, torch.Tensor]:
-        """``{"crossattn": [N, T, 2048], "vector": [N, 2816]}`` for ``texts`` (fp32, CPU).
+        """``{"crossattn": [N, T, 2048], "vector": [N, 2816]}`` for ``texts`` (fp32, on the encode device).
 
         ``prefetch`` texts (e.g. the negative prompts of the same step) are encoded in the same batch and cached.
         """
@@ -223,7 +229,7 @@ class Engine:
             crossattn = torch.stack(rows)
         pooled = torch.stack([e.pooled for e in encoded])
         if zero:
-            crossattn, pooled = torch.zeros_like(crossattn), torch.zeros(len(texts), POOLED_DIM)
+            crossattn, pooled = torch.zeros_like(crossattn), pooled.new_zeros(len(texts), POOLED_DIM)
         h, w = (REFERENCE_SIZE, REFERENCE_SIZE) if opts.fixed_size else (height, width)
         vector = make_vector(pooled, height=h, width=w, crop_top=crop_top, crop_left=crop_left)
         return {"crossattn": crossattn, "vector": vector}

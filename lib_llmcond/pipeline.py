@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lib_llmcond import gpu_encode
 from lib_llmcond.adapters.base import AdapterOutput
 from lib_llmcond.encoders.llm import LLM
+from lib_llmcond.matmul_precision import matmul_precision
 from lib_llmcond.text.paths import PromptTokens
 
 EMPHASIS_MODES = ("None", "Ignore", "Original", "No norm")
@@ -63,8 +65,8 @@ class PromptReport:
 
 @dataclass
 class EncodedText:
-    crossattn: torch.Tensor  # [T, 2048] fp32, T = 308 * units
-    pooled: torch.Tensor  # [1280] fp32
+    crossattn: torch.Tensor  # [T, 2048] fp32, T = 308 * units, on the encode device
+    pooled: torch.Tensor  # [1280] fp32, on the encode device
     report: PromptReport
 
 
@@ -106,9 +108,11 @@ class _Unit:
 class Pipeline:
     """Encode prompts with one LLM and one adapter."""
 
-    def __init__(self, llm: LLM, adapter: torch.nn.Module) -> None:
+    def __init__(self, llm: LLM, adapter: torch.nn.Module, precision: str = "fp32") -> None:
         self.llm = llm
         self.adapter = adapter
+        self.precision = precision  # fp32 matmuls: "fp32" (exact) or "tf32" (matmul_precision)
+        self.static = llm.device.type != "cpu"  # accelerators: bucketed shapes and CUDA graphs (gpu_encode)
 
     @property
     def budget(self) -> int:
@@ -152,6 +156,29 @@ class Pipeline:
         path, tok = self.text_path(opts), self.llm.tokenizer
         rows = [path.tokenize(u.text, tok) for u in units]
         want_attention = opts.emphasis in ("Original", "No norm") and any(u.spans for u in units)
+        with matmul_precision(self.precision, self.llm.device):
+            static = self._run_static(rows, path, want_attention) if self.static else None
+            return rows, static if static is not None else self._run_eager(rows, path, want_attention)
+
+    def _run_static(self, rows: list[PromptTokens], path, want_attention: bool) -> list[AdapterOutput] | None:
+        """All rows in one bucketed batch through :mod:`gpu_encode` (CUDA graphs); None where the layout
+        has no static form (a row without adapter inputs)."""
+        batch = path.batch(rows, self.llm.tokenizer)
+        plan = gpu_encode.plan(batch, self.budget, self.llm.config.causal, self.llm.usable_prefix(batch))
+        if plan is None:
+            return None
+        out = self.llm.graphs.run(self.llm, self.adapter, plan, attention=want_attention, tag=(self.precision,))
+        pads = batch.adapter_left_pad or [0] * len(rows)
+        outs = []
+        for k, (pad, n) in enumerate(zip(pads, plan.slots)):
+            attention = None
+            if out.attention is not None:  # slots back to adapter input positions (after any left padding)
+                attention = torch.nn.functional.pad(out.attention[k : k + 1, :, :n], (pad, 0))
+            outs.append(AdapterOutput(out.crossattn[k : k + 1], out.pooled[k : k + 1], attention))
+        return outs
+
+    def _run_eager(self, rows: list[PromptTokens], path, want_attention: bool) -> list[AdapterOutput]:
+        tok = self.llm.tokenizer
         outs: list[AdapterOutput | None] = [None] * len(rows)
         for members, pad_to in plan_batches([len(r.ids) for r in rows], self.llm.device):
             batch = path.batch([rows[i] for i in members], tok, pad_to=pad_to)
@@ -162,7 +189,7 @@ class Pipeline:
             for k, i in enumerate(members):
                 attention = None if out.attention is None else out.attention[k : k + 1]
                 outs[i] = AdapterOutput(out.crossattn[k : k + 1], out.pooled[k : k + 1], attention)
-        return rows, outs  # type: ignore[return-value]
+        return outs  # type: ignore[return-value]
 
     def _adapter_inputs(self, hidden: torch.Tensor, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row slices of the LLM output placed as the adapter expects them (after any masked left padding),
@@ -195,7 +222,7 @@ class Pipeline:
         from lib_llmcond.prompt.weights import apply_emphasis, output_multipliers, token_weights
 
         offsets = self.text_path(opts).adapter_offsets(row, self.llm.tokenizer)[: self.budget]
-        w = torch.tensor(token_weights(offsets, unit.spans), dtype=torch.float32, device=crossattn.device)
+        w = gpu_encode.to_device(torch.tensor(token_weights(offsets, unit.spans)), crossattn.device)
         attn = out.attention[:, :, : w.shape[0]]
         mult = output_multipliers(attn, w[None], mode=opts.mapping)
         return apply_emphasis(crossattn[None], mult, opts.emphasis)[0]
@@ -225,8 +252,8 @@ class Pipeline:
             blocks = [self._emphasised(units[k], rows[k], outs[k], opts) for k in mine]
             results.append(
                 EncodedText(
-                    crossattn=torch.cat(blocks, dim=0).float().cpu(),
-                    pooled=outs[mine[0]].pooled[0].float().cpu(),
+                    crossattn=torch.cat(blocks, dim=0).float(),
+                    pooled=outs[mine[0]].pooled[0].float(),
                     report=self._report([units[k] for k in mine], [rows[k] for k in mine], opts),
                 )
             )

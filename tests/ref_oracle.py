@@ -74,7 +74,7 @@ class RefAdapter(nn.Module):
             if mask is not None:
                 mask = torch.cat([mask, mask.new_zeros(mask.shape[0], n - mask.shape[1])], dim=1)
             else:
-                mask = torch.cat([torch.ones(x.shape[0], length), torch.zeros(x.shape[0], n - length)], dim=1)
+                mask = torch.cat([x.new_ones(x.shape[0], length), x.new_zeros(x.shape[0], n - length)], dim=1)
         x = x + self.input_position_embeddings
         pad = None if mask is None else ~mask.bool()
         for blk in self.wide_attention_blocks:

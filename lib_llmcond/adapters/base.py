@@ -44,6 +44,35 @@ class Adapter(nn.Module):
     ) -> AdapterOutput:
         raise NotImplementedError
 
+    static_shapes: bool = False  # whether :meth:`forward_static` runs without host syncs (CUDA graphs)
+
+    def forward_static(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        keep: torch.Tensor,
+        *,
+        return_attention: bool = False,
+    ) -> AdapterOutput:
+        """The same outputs from inputs laid out by the caller: ``hidden`` [B, n, llm_dim] fp32 holds each row's
+        real inputs first, ``positions`` [B, n] their input positions, ``keep`` [B, n] bool marks the real slots
+        (at least one per row). ``attention`` comes back on the slots, [B, T, n].
+
+        This default spreads the slots back to positions and runs :meth:`forward` (correct, not sync-free);
+        families with ``static_shapes`` compute on the slots directly."""
+        b, n, _ = hidden.shape
+        length = int(torch.where(keep, positions + 1, 0).max()) if n else 1
+        full = hidden.new_zeros(b, length, hidden.shape[-1])
+        mask = torch.zeros(b, length, dtype=torch.bool, device=hidden.device)
+        rows = torch.arange(b, device=hidden.device)[:, None].expand(b, n)
+        full[rows[keep], positions[keep]] = hidden[keep]
+        mask[rows[keep], positions[keep]] = True
+        out = self.forward(full, mask, return_attention=return_attention)
+        if out.attention is not None:
+            out.attention = out.attention.gather(2, positions[:, None, :].expand(-1, out.attention.shape[1], -1))
+            out.attention = out.attention * keep[:, None, :]
+        return out
+
     def pack_for_cpu(self) -> None:
         """Pre-pack weights for faster CPU matmuls (``cpu_linear``); families that do not need it skip it."""
 

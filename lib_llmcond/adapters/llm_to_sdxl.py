@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Adapter, AdapterOutput
+from .base import Adapter, AdapterOutput, fp32_inference
 
 HEADS = 16  # not recorded in the files; every released adapter uses 16
 
@@ -163,6 +163,7 @@ class TransformerBlock(nn.Module):
 
 class LLMToSDXLAdapter(Adapter):
     family = "llm_to_sdxl"
+    static_shapes = True
 
     def __init__(self, config: LLMToSDXLConfig) -> None:
         super().__init__()
@@ -217,6 +218,33 @@ class LLMToSDXLAdapter(Adapter):
         attention = (
             _scatter_attention(probs, index, real & alive[:, None], length) if return_attention else None
         )
+        return AdapterOutput(crossattn=y, pooled=pooled, attention=attention)
+
+    def forward_static(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        keep: torch.Tensor,
+        *,
+        return_attention: bool = False,
+    ) -> AdapterOutput:
+        """:meth:`Adapter.forward_static` without data-dependent shapes or host syncs: the caller's slots
+        play the part of ``_compact``'s gathered positions (the same exact rewrite), so a CUDA graph can hold
+        it. Padded slots act only as queries of the wide blocks, never as keys."""
+        hidden = hidden.to(device=self.device, dtype=torch.float32)
+        with fp32_inference(hidden.device):
+            h = self.input_norm(hidden) if self.config.input_norm else hidden
+            if self.config.llm_dim != self.config.dim:
+                h = self.seq_projection(h)
+            x = h + self.input_position_embeddings[0][positions]
+            for block in self.wide_attention_blocks:
+                x = block(x, keep)
+            y, probs = self._compress(x, keep, None)
+            for block in self.narrow_attention_blocks:
+                y = block(y)
+            token = self.pooling_token.expand(y.shape[0], -1, -1)
+            pooled = self.pooled_projection(self.pooling_attention(token, y).squeeze(1))
+            attention = probs.mean(dim=1) * keep[:, None, :] if return_attention else None
         return AdapterOutput(crossattn=y, pooled=pooled, attention=attention)
 
     def _input_mask(

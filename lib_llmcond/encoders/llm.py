@@ -12,7 +12,9 @@ import torch
 
 from lib_llmcond.cpu_linear import pack_linears
 from lib_llmcond.encoders.config import TransformerConfig
+from lib_llmcond.encoders.transformer import fuse_projections
 from lib_llmcond.errors import ModelFileError
+from lib_llmcond.gpu_encode import GraphRunner
 from lib_llmcond.text.paths import TextPath, TokenBatch, text_path
 from lib_llmcond.text.tokenizer import Tokenizer, load_tokenizer
 
@@ -27,6 +29,7 @@ class LLM:
     device: torch.device
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _prefixes: OrderedDict = field(default_factory=OrderedDict, repr=False)  # ids -> PrefixState
+    graphs: GraphRunner = field(default_factory=GraphRunner, repr=False)  # the accelerator path's graphs
 
     @property
     def family(self) -> str:
@@ -45,6 +48,28 @@ class LLM:
                 self.model.to(device)
                 self.device = device
                 self._prefixes.clear()
+                self.graphs.clear()
+
+    def usable_prefix(self, batch: TokenBatch) -> int:
+        """How many leading tokens of ``batch`` run once per LLM as a cached prefix (0 = none)."""
+        p = batch.shared_prefix if self.config.causal else 0
+        return p if MIN_PREFIX <= p < batch.input_ids.shape[1] else 0
+
+    def prefix_state_for(self, prefix: tuple[int, ...]):
+        """The cached state after ``prefix`` (computed on first use), None for no prefix."""
+        if not prefix:
+            return None
+        return self._prefix_state(prefix, None)
+
+    @torch.inference_mode()
+    def hidden_states_static(
+        self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, prefix: tuple[int, ...]
+    ) -> torch.Tensor:
+        """Hidden states of device tensors that follow the cached ``prefix`` (shapes fixed by the caller; no
+        host sync, so a CUDA graph can hold it)."""
+        with _autocast_off(ids.device):
+            state = self.prefix_state_for(prefix)
+            return self.model(ids, mask, pos, prefix=state)
 
     @torch.inference_mode()
     def hidden_states(self, batch: TokenBatch) -> torch.Tensor:
@@ -54,18 +79,21 @@ class LLM:
         once per LLM and are reused; the result is the same as running them with each prompt."""
         d = self.device
         ids, mask, pos = (t.to(d) for t in (batch.input_ids, batch.attention_mask, batch.position_ids))
-        p = batch.shared_prefix if self.config.causal else 0
+        p = self.usable_prefix(batch)
         with _autocast_off(d):
-            if p < MIN_PREFIX or p >= ids.shape[1]:
+            if not p:
                 return self.model(ids, mask, pos)
-            state = self._prefix_state(ids[:1, :p])
+            state = self._prefix_state(tuple(batch.input_ids[0, :p].tolist()), ids[:1, :p])
             rest = self.model(ids[:, p:], mask[:, p:], pos[:, p:], prefix=state)
             return torch.cat([state.hidden.expand(ids.shape[0], -1, -1), rest], dim=1)
 
-    def _prefix_state(self, ids: torch.Tensor):
-        key = tuple(ids[0].tolist())
+    def _prefix_state(self, key: tuple[int, ...], ids: torch.Tensor | None):
+        """``key``: the prefix ids as read on the CPU (no device sync); ``ids`` the same on the device, or
+        None to build them when the state is not cached yet."""
         state = self._prefixes.get(key)
         if state is None:
+            if ids is None:
+                ids = torch.tensor([key], dtype=torch.long).to(self.device)
             state = self.model.prefix_state(ids)
             self._prefixes[key] = state
             while len(self._prefixes) > PREFIX_CACHE_SIZE:
@@ -118,6 +146,8 @@ def load_llm(path: str | Path, *, dtype: torch.dtype, device: str | torch.device
         )
     if device.type == "cpu":
         pack_linears(model)
+    else:
+        fuse_projections(model)
     return LLM(path, cfg, model, tokenizer, dtype, device)
 
 

@@ -40,8 +40,18 @@ class Rotary:
         exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
         self.inv_freq = 1.0 / (base**exponent) / linear_factor
 
+        self._on_device: dict[torch.device, torch.Tensor] = {}
+
+    def _inv_freq(self, device: torch.device) -> torch.Tensor:
+        """The frequencies on ``device``, copied there once (no host-to-device copy inside an encode)."""
+        if device.type == "cpu":
+            return self.inv_freq
+        if device not in self._on_device:
+            self._on_device[device] = self.inv_freq.to(device)
+        return self._on_device[device]
+
     def __call__(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[..., None].float() * self.inv_freq.to(position_ids.device)
+        freqs = position_ids[..., None].float() * self._inv_freq(position_ids.device)
         emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # [B, 1, L, head_dim]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -59,10 +69,15 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
         self.tanh = cfg.activation == "gelu_tanh"
 
+        self.gate_up_proj: nn.Linear | None = None  # gate and up in one GEMM (:func:`fuse_projections`)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.gate_proj(x)
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
         gate = F.gelu(gate, approximate="tanh") if self.tanh else F.silu(gate)
-        return self.down_proj(gate * self.up_proj(x))
+        return self.down_proj(gate * up)
 
 
 class Attention(nn.Module):
@@ -77,6 +92,14 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(d, cfg.rms_eps, cfg.norm_plus_one)
             self.k_norm = RMSNorm(d, cfg.rms_eps, cfg.norm_plus_one)
         self.cfg = cfg
+        self.qkv_proj: nn.Linear | None = None  # q, k, v in one GEMM (:func:`fuse_projections`)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.qkv_proj is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q_width, kv_width = self.cfg.num_heads * self.cfg.head_dim, self.cfg.num_kv_heads * self.cfg.head_dim
+        q, k, v = self.qkv_proj(x).split([q_width, kv_width, kv_width], dim=-1)
+        return q, k, v
 
     def forward(
         self,
@@ -89,9 +112,10 @@ class Attention(nn.Module):
         """``past``: keys/values of earlier positions to attend to as well; ``collect``: receives this call's."""
         cfg = self.cfg
         b, n, _ = x.shape
-        q = self.q_proj(x).view(b, n, cfg.num_heads, cfg.head_dim)
-        k = self.k_proj(x).view(b, n, cfg.num_kv_heads, cfg.head_dim)
-        v = self.v_proj(x).view(b, n, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        q, k, v = self._qkv(x)
+        q = q.reshape(b, n, cfg.num_heads, cfg.head_dim)
+        k = k.reshape(b, n, cfg.num_kv_heads, cfg.head_dim)
+        v = v.reshape(b, n, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = _rotate(q.transpose(1, 2), *rope), _rotate(k.transpose(1, 2), *rope)
@@ -262,7 +286,7 @@ class _MaskCache:
     ) -> None:
         self.cfg, self.n, self.device, self.offset = cfg, n, device, offset
         self.keys = None
-        if attention_mask is not None and not cfg.causal and not bool(attention_mask.all()):
+        if attention_mask is not None and not cfg.causal and not _all_true_on_cpu(attention_mask):
             self.keys = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
         self._built: dict[bool, torch.Tensor | None] = {}
 
@@ -290,3 +314,44 @@ class _MaskCache:
         elif window is None and not cfg.causal:
             return None  # bidirectional, no padding, no window: full attention
         return mask
+
+
+def _all_true_on_cpu(mask: torch.Tensor) -> bool:
+    """Whether a CPU mask is all ones (then it is skipped). On an accelerator the mask is always applied:
+    asking would wait for the device (a host sync) and would make the work depend on the data."""
+    return mask.device.type == "cpu" and bool(mask.all())
+
+
+def _fused(linears: list[nn.Module]) -> nn.Linear | None:
+    """One ``nn.Linear`` computing ``linears`` side by side, or None where one of them is not a plain dense
+    linear (packed for the CPU, quantized, on meta)."""
+    if any(type(m) is not nn.Linear or m.weight.is_meta for m in linears):
+        return None
+    with torch.no_grad():
+        weight = torch.cat([m.weight for m in linears])
+        biases = [m.bias for m in linears]
+        bias = None if any(b is None for b in biases) else torch.cat(biases)  # type: ignore[arg-type]
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        fused.bias = nn.Parameter(bias, requires_grad=False)
+    return fused
+
+
+def fuse_projections(model: TextTransformer) -> int:
+    """Replace each layer's q/k/v and gate/up linears by one GEMM each (fewer, larger kernels on a GPU);
+    returns how many were fused. Weights are concatenated once and the originals dropped."""
+    count = 0
+    for layer in model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv = _fused([attn.q_proj, attn.k_proj, attn.v_proj]) if attn.qkv_proj is None else None
+        if qkv is not None:
+            attn.qkv_proj = qkv
+            del attn.q_proj, attn.k_proj, attn.v_proj
+            count += 1
+        gate_up = _fused([mlp.gate_proj, mlp.up_proj]) if mlp.gate_up_proj is None else None
+        if gate_up is not None:
+            mlp.gate_up_proj = gate_up
+            del mlp.gate_proj, mlp.up_proj
+            count += 1
+    return count

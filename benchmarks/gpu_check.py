@@ -1,0 +1,328 @@
+"""One-shot GPU check: our CUDA path next to the reference's transformers path, in one run, on one card.
+
+python -m benchmarks.gpu_check [--models gemma,t5gemma] [--repeats 20] [--out DIR]
+
+Needs only what a bare GPU machine has (torch, transformers, safetensors, sentencepiece, numpy; no gguf, no
+network). Writes random-weight models of the real shapes (``benchmarks/.cache``), then per model:
+
+- ours through ``Engine.get_conditioning`` (what the hosts call): one prompt and a cond + uncond pair at 77 and
+  512 adapter tokens, default GPU mode (bf16 LLM, TF32 adapter) and exact fp32 adapter; the first call after the
+  load (CUDA graph capture) and the load itself; peak VRAM;
+- the reference's path as its nodes run it: transformers (``Gemma3ForCausalLM`` with all hidden states /
+  ``T5GemmaEncoderModel`` padded to 512) then the adapter in fp32, one prompt at a time;
+- one call under each memory policy;
+- CUDA against the CPU (fp32 LLM and adapter there) for each precision choice, with TF32 switched on
+  process-wide first, as A1111 does at start.
+
+Prints one Markdown table and writes ``gpu_check.json`` (to ``--out``, default ``benchmarks/results``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+WORDS = "red fox snow river tree girl hair sky blue light cloud field flower stone dress hat".split()
+LENGTHS = (77, 512)
+DEVICE = torch.device("cuda")  # --device cpu with --tiny: a smoke run of this script without a GPU
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def allocated() -> int:
+    return torch.cuda.memory_allocated(DEVICE) if DEVICE.type == "cuda" else 0
+
+
+def peak_allocated() -> int:
+    return torch.cuda.max_memory_allocated(DEVICE) if DEVICE.type == "cuda" else 0
+
+
+def release() -> None:
+    gc.collect()
+    if DEVICE.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 3) -> dict:
+    """Median and min wall time in ms over ``repeats`` runs after ``warmup`` (device synchronised)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times)}
+
+
+def once(fn: Callable[[], object]) -> float:
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return (time.perf_counter() - t0) * 1e3
+
+
+# -- prompts of a given adapter-token count ------------------------------------------------------------------
+def prompt_of(llm_dir: Path, n: int, shift: int = 0) -> tuple[str, int]:
+    """A text whose tokens reaching the adapter are ``n`` (or the first count past it), and that count."""
+    from lib_llmcond.encoders.llm import load_llm_tokenizer
+    from lib_llmcond.text.paths import text_path
+
+    tok, family = load_llm_tokenizer(llm_dir)
+    path = text_path(family)
+
+    def count(k: int) -> int:
+        row = path.tokenize(text(k), tok)
+        return min(row.adapter_end - row.adapter_start, 512)
+
+    def text(k: int) -> str:
+        return " ".join(WORDS[(i * 7 + shift) % len(WORDS)] for i in range(k))
+
+    k = 1
+    while count(k) < n and k < 4096:
+        k += max(1, (n - count(k)) // 2)
+    return text(k), count(k)
+
+
+# -- ours ----------------------------------------------------------------------------------------------------
+def options(llm_dir: Path, adapter: Path, **kw):
+    from lib_llmcond.engine import EncodeOptions
+
+    base = dict(llm=str(llm_dir), adapter=str(adapter), device=str(DEVICE), emphasis="None", memory="keep")
+    return EncodeOptions(**{**base, **kw})
+
+
+def conds(engine, texts: list[str], opts) -> dict:
+    return engine.get_conditioning(texts, opts, width=1024, height=1024)
+
+
+def ours(llm_dir: Path, adapter: Path, prompts: dict, repeats: int) -> dict:
+    from lib_llmcond.engine import Engine
+
+    out: dict = {}
+    for precision in ("tf32", "fp32"):
+        engine = Engine(cache_size=0)  # nothing served from the cache: every call encodes
+        opts = options(llm_dir, adapter, adapter_precision=precision)
+        release()
+        before = allocated()
+        load_ms = once(lambda e=engine, o=opts: e.pipeline(o))
+        weights = allocated() - before
+        rows: dict = {"load_ms": load_ms, "weights_bytes": weights}
+        for n in LENGTHS:
+            pos, neg = prompts[n]
+            rows[f"first_pair_{n}_ms"] = once(lambda e=engine, o=opts, p=pos, q=neg: conds(e, [p, q], o))
+            rows[f"pair_{n}"] = timed(lambda e=engine, o=opts, p=pos, q=neg: conds(e, [p, q], o), repeats)
+            rows[f"single_{n}"] = timed(lambda e=engine, o=opts, p=pos: conds(e, [p], o), repeats)
+        weighted = options(llm_dir, adapter, adapter_precision=precision, emphasis="Original")
+        pos, neg = prompts[77]
+        heavy = "(" + pos.split(" ", 1)[0] + ":1.3) " + pos.split(" ", 1)[1]
+        rows["pair_77_weighted_word"] = timed(lambda e=engine, o=weighted: conds(e, [heavy, neg], o), repeats)
+        rows["peak_vram_bytes"] = peak_allocated() - before
+        out[precision] = rows
+        engine.unload()
+        del engine
+        release()
+    return out
+
+
+def memory_policies(llm_dir: Path, adapter: Path, prompts: dict, repeats: int) -> dict:
+    from lib_llmcond.engine import MEMORY_POLICIES, Engine
+
+    out = {}
+    pos, neg = prompts[77]
+    for policy in MEMORY_POLICIES:
+        engine = Engine(cache_size=0)
+        opts = options(llm_dir, adapter, memory=policy)
+        first = once(lambda e=engine, o=opts: conds(e, [pos, neg], o))
+        row = timed(lambda e=engine, o=opts: conds(e, [pos, neg], o), max(5, repeats // 4), warmup=1)
+        row["first_call_ms"] = first
+        row["allocated_after_bytes"] = allocated()
+        out[policy] = row
+        engine.unload()
+        del engine
+        release()
+    return out
+
+
+# -- the reference's path ------------------------------------------------------------------------------------
+def reference(m, llm_dir: Path, adapter: Path, prompts: dict, repeats: int) -> dict:
+    import transformers
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from ref_oracle import RefAdapter
+
+    from benchmarks.worker import padded_to_512
+    from lib_llmcond.text.paths import text_path
+    from lib_llmcond.text.tokenizer import load_tokenizer
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # the reference runs its adapter in plain fp32
+    dtype = torch.float32 if DEVICE.type == "cpu" else torch.bfloat16
+    t0 = time.perf_counter()
+    if m.family == "t5gemma":
+        model = transformers.T5GemmaEncoderModel.from_pretrained(
+            llm_dir, is_encoder_decoder=False, dtype=dtype
+        )
+    else:
+        model = transformers.Gemma3ForCausalLM.from_pretrained(llm_dir, dtype=dtype)
+    model = model.to(DEVICE).eval()
+    ad = RefAdapter(load_file(str(adapter))).to(DEVICE)
+    sync()
+    out: dict = {"load_ms": (time.perf_counter() - t0) * 1e3}
+    tok, path = load_tokenizer(llm_dir), text_path(m.family)
+
+    def one(text: str) -> object:
+        row = path.tokenize(text, tok)
+        ids = torch.tensor([row.ids], device=DEVICE)
+        with torch.no_grad():
+            if m.family == "t5gemma":
+                full, mask = padded_to_512(ids[:, :512])
+                h = model(input_ids=full, attention_mask=mask).last_hidden_state
+                return ad(h.float(), mask)
+            h = model(ids, output_hidden_states=True).hidden_states[-1][:, row.adapter_start :]
+            return ad(h.float())
+
+    for n in LENGTHS:
+        pos, neg = prompts[n]
+        out[f"pair_{n}"] = timed(lambda p=pos, q=neg: [one(p), one(q)], repeats)
+        out[f"single_{n}"] = timed(lambda p=pos: one(p), repeats)
+    del model, ad
+    release()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    return out
+
+
+# -- CUDA against the CPU ------------------------------------------------------------------------------------
+def deviations(llm_dir: Path, adapter: Path, prompts: dict) -> dict:
+    from lib_llmcond.engine import EncodeOptions, Engine
+
+    texts = list(prompts[77])
+    common = dict(llm=str(llm_dir), adapter=str(adapter), emphasis="None", memory="unload")
+    cpu = Engine(cache_size=0)
+    want = conds(cpu, texts, EncodeOptions(**common, device="cpu", llm_dtype="float32"))
+    cpu.unload()
+    out = {}
+    for llm_dtype in ("float32", "bfloat16"):
+        for precision in ("fp32", "tf32"):
+            engine = Engine(cache_size=0)
+            o = EncodeOptions(**common, device=str(DEVICE), llm_dtype=llm_dtype, adapter_precision=precision)
+            got = conds(engine, texts, o)
+            out[f"{llm_dtype}+{precision}"] = {
+                "crossattn_max_abs": (got["crossattn"].cpu() - want["crossattn"]).abs().max().item(),
+                "pooled_max_abs": (got["vector"][:, :1280].cpu() - want["vector"][:, :1280]).abs().max().item(),
+            }
+            engine.unload()
+            del engine
+            release()
+    return out
+
+
+# -- report --------------------------------------------------------------------------------------------------
+def table(results: dict) -> str:
+    lines = [
+        f"GPU check on {results['device']} (torch {results['torch']}, transformers {results['transformers']}); "
+        "median ms of the steady state unless named.",
+        "",
+        "| model | row | ours bf16+tf32 | ours bf16+fp32 | reference (transformers, fp32 adapter) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in results["models"].items():
+        o, ref = r["ours"], r["reference"]
+        for n in LENGTHS:
+            for kind in ("pair", "single"):
+                key = f"{kind}_{n}"
+                lines.append(
+                    f"| {name} | {kind} {r['tokens'][n]} tok | {o['tf32'][key]['median_ms']:.2f} | "
+                    f"{o['fp32'][key]['median_ms']:.2f} | {ref[key]['median_ms']:.2f} |"
+                )
+        lines.append(
+            f"| {name} | pair 77, one weighted word | {o['tf32']['pair_77_weighted_word']['median_ms']:.2f} | "
+            f"{o['fp32']['pair_77_weighted_word']['median_ms']:.2f} | |"
+        )
+        for n in LENGTHS:
+            lines.append(
+                f"| {name} | first pair {n} after load (capture) | {o['tf32'][f'first_pair_{n}_ms']:.0f} | "
+                f"{o['fp32'][f'first_pair_{n}_ms']:.0f} | |"
+            )
+        lines.append(
+            f"| {name} | load | {o['tf32']['load_ms']:.0f} | {o['fp32']['load_ms']:.0f} | {ref['load_ms']:.0f} |"
+        )
+        lines.append(
+            f"| {name} | peak VRAM / weights (GB) | {o['tf32']['peak_vram_bytes'] / 1e9:.2f} / "
+            f"{o['tf32']['weights_bytes'] / 1e9:.2f} | {o['fp32']['peak_vram_bytes'] / 1e9:.2f} | |"
+        )
+        for policy, row in r["memory"].items():
+            lines.append(
+                f"| {name} | memory `{policy}`: pair 77 | {row['median_ms']:.1f} (first {row['first_call_ms']:.0f}, "
+                f"{row['allocated_after_bytes'] / 1e9:.2f} GB left allocated) | | |"
+            )
+        for choice, dev in r["deviation"].items():
+            lines.append(
+                f"| {name} | CUDA {choice} vs CPU fp32: crossattn / pooled max abs | "
+                f"{dev['crossattn_max_abs']:.2e} / {dev['pooled_max_abs']:.2e} | | |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from benchmarks.models import bench_models, ensure
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="gemma,t5gemma")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="tiny random models (a smoke run)")
+    args = parser.parse_args(argv)
+    import transformers
+
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True  # A1111 does this at start: our fp32 must hold anyway
+    results: dict = {
+        "device": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "models": {},
+    }
+    for key in args.models.split(","):
+        m = bench_models(args.tiny)[key]
+        t0 = time.perf_counter()
+        llm_dir, adapter = ensure(m)
+        print(f"[{key}] models ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        texts = {n: (prompt_of(llm_dir, n), prompt_of(llm_dir, n, shift=3)) for n in LENGTHS}
+        r: dict = {"tokens": {n: texts[n][0][1] for n in LENGTHS}}
+        prompts = {n: (texts[n][0][0], texts[n][1][0]) for n in LENGTHS}
+        for part, fn in (
+            ("ours", lambda: ours(llm_dir, adapter, prompts, args.repeats)),
+            ("memory", lambda: memory_policies(llm_dir, adapter, prompts, args.repeats)),
+            ("reference", lambda: reference(m, llm_dir, adapter, prompts, args.repeats)),
+            ("deviation", lambda: deviations(llm_dir, adapter, prompts)),
+        ):
+            t0 = time.perf_counter()
+            r[part] = fn()
+            print(f"[{key}] {part} in {time.perf_counter() - t0:.0f} s", flush=True)
+        results["models"][m.name] = r
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(results, indent=2))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
