@@ -20,6 +20,7 @@ Prints one Markdown table and writes ``gpu_check.json`` (to ``--out``, default `
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import statistics
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-WORDS = "red fox snow river tree girl hair sky blue light cloud field flower stone dress hat".split()
+WORDS = ("red", "fox", "snow", "river", "tree", "girl", "hair", "sky", "blue", "light", "cloud", "field")
 LENGTHS = (77, 512)
 DEVICE = torch.device("cuda")  # --device cpu with --tiny: a smoke run of this script without a GPU
 
@@ -131,7 +132,9 @@ def ours(llm_dir: Path, adapter: Path, prompts: dict, repeats: int) -> dict:
         weighted = options(llm_dir, adapter, adapter_precision=precision, emphasis="Original")
         pos, neg = prompts[77]
         heavy = "(" + pos.split(" ", 1)[0] + ":1.3) " + pos.split(" ", 1)[1]
-        rows["pair_77_weighted_word"] = timed(lambda e=engine, o=weighted: conds(e, [heavy, neg], o), repeats)
+        rows["pair_77_weighted_word"] = timed(
+            lambda e=engine, o=weighted, h=heavy, q=neg: conds(e, [h, q], o), repeats
+        )
         rows["peak_vram_bytes"] = peak_allocated() - before
         out[precision] = rows
         engine.unload()
@@ -201,7 +204,8 @@ def reference(m, llm_dir: Path, adapter: Path, prompts: dict, repeats: int) -> d
         pos, neg = prompts[n]
         out[f"pair_{n}"] = timed(lambda p=pos, q=neg: [one(p), one(q)], repeats)
         out[f"single_{n}"] = timed(lambda p=pos: one(p), repeats)
-    del model, ad
+    model.to("cpu")
+    ad.to("cpu")
     release()
     torch.backends.cuda.matmul.allow_tf32 = True
     return out
@@ -224,7 +228,10 @@ def deviations(llm_dir: Path, adapter: Path, prompts: dict) -> dict:
             got = conds(engine, texts, o)
             out[f"{llm_dtype}+{precision}"] = {
                 "crossattn_max_abs": (got["crossattn"].cpu() - want["crossattn"]).abs().max().item(),
-                "pooled_max_abs": (got["vector"][:, :1280].cpu() - want["vector"][:, :1280]).abs().max().item(),
+                "pooled_max_abs": (got["vector"][:, :1280].cpu() - want["vector"][:, :1280])
+                .abs()
+                .max()
+                .item(),
             }
             engine.unload()
             del engine
@@ -308,12 +315,13 @@ def main(argv: list[str] | None = None) -> None:
         texts = {n: (prompt_of(llm_dir, n), prompt_of(llm_dir, n, shift=3)) for n in LENGTHS}
         r: dict = {"tokens": {n: texts[n][0][1] for n in LENGTHS}}
         prompts = {n: (texts[n][0][0], texts[n][1][0]) for n in LENGTHS}
-        for part, fn in (
-            ("ours", lambda: ours(llm_dir, adapter, prompts, args.repeats)),
-            ("memory", lambda: memory_policies(llm_dir, adapter, prompts, args.repeats)),
-            ("reference", lambda: reference(m, llm_dir, adapter, prompts, args.repeats)),
-            ("deviation", lambda: deviations(llm_dir, adapter, prompts)),
-        ):
+        parts: dict[str, Callable[[], dict]] = {
+            "ours": functools.partial(ours, llm_dir, adapter, prompts, args.repeats),
+            "memory": functools.partial(memory_policies, llm_dir, adapter, prompts, args.repeats),
+            "reference": functools.partial(reference, m, llm_dir, adapter, prompts, args.repeats),
+            "deviation": functools.partial(deviations, llm_dir, adapter, prompts),
+        }
+        for part, fn in parts.items():
             t0 = time.perf_counter()
             r[part] = fn()
             print(f"[{key}] {part} in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -167,7 +167,9 @@ class Pipeline:
         plan = gpu_encode.plan(batch, self.budget, self.llm.config.causal, self.llm.usable_prefix(batch))
         if plan is None:
             return None
-        out = self.llm.graphs.run(self.llm, self.adapter, plan, attention=want_attention, tag=(self.precision,))
+        out = self.llm.graphs.run(
+            self.llm, self.adapter, plan, attention=want_attention, tag=(self.precision,)
+        )
         pads = batch.adapter_left_pad or [0] * len(rows)
         outs = []
         for k, (pad, n) in enumerate(zip(pads, plan.slots)):

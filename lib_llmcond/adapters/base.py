@@ -69,7 +69,9 @@ class Adapter(nn.Module):
         mask[rows[keep], positions[keep]] = True
         out = self.forward(full, mask, return_attention=return_attention)
         if out.attention is not None:
-            out.attention = out.attention.gather(2, positions[:, None, :].expand(-1, out.attention.shape[1], -1))
+            out.attention = out.attention.gather(
+                2, positions[:, None, :].expand(-1, out.attention.shape[1], -1)
+            )
             out.attention = out.attention * keep[:, None, :]
         return out
 
