@@ -162,6 +162,54 @@ def memory_policies(llm_dir: Path, adapter: Path, prompts: dict, repeats: int) -
     return out
 
 
+def breakdown(llm_dir: Path, adapter: Path, prompts: dict, repeats: int, out_dir: Path) -> dict:
+    """Where one cond + uncond pair at 512 tokens spends its time: text -> plan on the CPU, the graph replay
+    alone, the whole engine call; plus the eager run's CUDA kernels by time (``gpu_profile.txt``)."""
+    from lib_llmcond import gpu_encode
+    from lib_llmcond.engine import Engine
+    from lib_llmcond.pipeline import TextOptions
+
+    engine = Engine(cache_size=0)
+    opts = options(llm_dir, adapter)
+    pos, neg = prompts[512]
+    conds(engine, [pos, neg], opts)  # load + capture
+    pipe, _ = engine.pipeline(opts)
+    llm, path, tok = pipe.llm, pipe.llm.text_path_for(None), pipe.llm.tokenizer
+
+    def layout() -> object:
+        batch = path.batch([path.tokenize(pos, tok), path.tokenize(neg, tok)], tok)
+        return gpu_encode.plan(batch, pipe.budget, llm.config.causal, llm.usable_prefix(batch))
+
+    plan = layout()
+    rows = {"text_to_plan": timed(layout, repeats)}
+    if llm.graphs._graphs:  # the pair's graph: the last one captured
+        rows["graph_replay_only"] = timed(next(reversed(llm.graphs._graphs.values())).graph.replay, repeats)
+    rows |= {
+        "graph_run_with_copies": timed(
+            lambda: llm.graphs.run(llm, pipe.adapter, plan, attention=False, tag=(pipe.precision,)), repeats
+        ),
+        "pipeline_encode": timed(lambda: pipe.encode([pos, neg], TextOptions(emphasis="None")), repeats),
+        "engine_call": timed(lambda: conds(engine, [pos, neg], opts), repeats),
+    }
+    flat = gpu_encode.pack(plan).to(DEVICE)
+    inputs = gpu_encode.unpack(flat, plan)
+    if DEVICE.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            gpu_encode.forward(llm, pipe.adapter, inputs, plan.prefix, False)
+            sync()
+        events = prof.key_averages()
+        try:
+            text = events.table(sort_by="self_cuda_time_total", row_limit=25)
+        except Exception:
+            text = events.table(sort_by="self_device_time_total", row_limit=25)
+        (out_dir / "gpu_profile.txt").write_text(text)
+    engine.unload()
+    release()
+    return rows
+
+
 # -- the reference's path ------------------------------------------------------------------------------------
 def reference(m, llm_dir: Path, adapter: Path, prompts: dict, repeats: int) -> dict:
     import transformers
@@ -273,6 +321,8 @@ def table(results: dict) -> str:
             f"| {name} | peak VRAM / weights (GB) | {o['tf32']['peak_vram_bytes'] / 1e9:.2f} / "
             f"{o['tf32']['weights_bytes'] / 1e9:.2f} | {o['fp32']['peak_vram_bytes'] / 1e9:.2f} | |"
         )
+        for part, row in r.get("breakdown", {}).items():
+            lines.append(f"| {name} | pair 512 breakdown: {part} | {row['median_ms']:.2f} | | |")
         for policy, row in r["memory"].items():
             lines.append(
                 f"| {name} | memory `{policy}`: pair 77 | {row['median_ms']:.1f} (first {row['first_call_ms']:.0f}, "
@@ -307,6 +357,8 @@ def main(argv: list[str] | None = None) -> None:
         "transformers": transformers.__version__,
         "models": {},
     }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     for key in args.models.split(","):
         m = bench_models(args.tiny)[key]
         t0 = time.perf_counter()
@@ -321,13 +373,13 @@ def main(argv: list[str] | None = None) -> None:
             "reference": functools.partial(reference, m, llm_dir, adapter, prompts, args.repeats),
             "deviation": functools.partial(deviations, llm_dir, adapter, prompts),
         }
+        if key == args.models.split(",")[0]:
+            parts["breakdown"] = functools.partial(breakdown, llm_dir, adapter, prompts, args.repeats, out)
         for part, fn in parts.items():
             t0 = time.perf_counter()
             r[part] = fn()
             print(f"[{key}] {part} in {time.perf_counter() - t0:.0f} s", flush=True)
         results["models"][m.name] = r
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(results, indent=2))
     print(table(results))
 

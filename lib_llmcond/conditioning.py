@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -49,12 +50,14 @@ def make_vector(pooled: torch.Tensor, **sizes: int | None) -> torch.Tensor:
     """``pooled`` [N, 1280] plus the size/crop embeddings (keyword arguments of :func:`size_vector`)."""
     if pooled.shape[-1] != POOLED_DIM:
         raise ValueError(f"pooled must be {POOLED_DIM} wide, got {tuple(pooled.shape)}")
-    extra = size_vector(pooled.shape[0], **sizes)  # type: ignore[arg-type]
-    if pooled.device.type == "cuda":  # computed on the CPU, copied without making the host wait
-        extra = extra.pin_memory().to(pooled.device, non_blocking=True)
-    else:
-        extra = extra.to(pooled.device)
+    extra = _size_row(pooled.device, tuple(sorted(sizes.items()))).expand(pooled.shape[0], -1)
     return torch.cat([pooled.to(torch.float32), extra], dim=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _size_row(device: torch.device, sizes: tuple) -> torch.Tensor:
+    """One [1, 1536] size row on ``device``, made once per size (no host-to-device copy per encode)."""
+    return size_vector(1, **dict(sizes)).to(device)
 
 
 def pad_blocks(rows: Sequence[torch.Tensor], filler: torch.Tensor) -> torch.Tensor:

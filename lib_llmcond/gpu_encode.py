@@ -103,10 +103,40 @@ def _placement(*modules: torch.nn.Module) -> tuple:
     return tuple(t.data_ptr() for m in modules for t in (*m.parameters(), *m.buffers()))
 
 
+INPUTS = ("ids", "mask", "pos", "gather", "positions", "keep")
+
+
+def pack(p: StaticPlan) -> torch.Tensor:
+    """The plan's six tensors as one flat int64 tensor: one host-to-device copy per encode."""
+    return torch.cat([getattr(p, f).reshape(-1).long() for f in _FIELDS])
+
+
+def unpack(flat: torch.Tensor, p: StaticPlan) -> dict[str, torch.Tensor]:
+    """Views of ``flat`` (on any device) shaped as ``p``'s tensors; ``keep`` as bool."""
+    out, at = {}, 0
+    for name, f in zip(INPUTS, _FIELDS):
+        shape = getattr(p, f).shape
+        n = shape.numel()
+        out[name] = flat[at : at + n].view(shape)
+        at += n
+    out["keep"] = out["keep"].bool()
+    return out
+
+
+_FIELDS = ("input_ids", "attention_mask", "position_ids", "gather", "positions", "keep")
+
+
+def _placement(*modules: torch.nn.Module) -> tuple:
+    """Where every weight of ``modules`` lives now: a graph is valid only while this stays the same."""
+    return tuple(t.data_ptr() for m in modules for t in (*m.parameters(), *m.buffers()))
+
+
 @dataclass
 class _Graph:
-    graph: object | None  # torch.cuda.CUDAGraph, None = run eagerly
-    inputs: dict[str, torch.Tensor]
+    graph: object  # torch.cuda.CUDAGraph
+    staging: torch.Tensor  # pinned host copy of the packed inputs
+    flat: torch.Tensor  # the packed inputs on the device, read by the graph
+    copied: object  # torch.cuda.Event: the last copy out of ``staging`` is done
     outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
     placement: tuple
     holds: tuple  # tensors the graph reads besides the weights (prefix keys/values): kept alive with it
@@ -131,8 +161,9 @@ class GraphRunner:
         (precision mode)."""
         device = llm.device
         key = (p.key, id(adapter), attention, tag)
+        flat = pack(p)
         if not (_graphs_possible(device) and adapter.static_shapes) or key in self._failed:
-            return self._eager(llm, adapter, p, attention, device)
+            return forward(llm, adapter, unpack(flat.to(device), p), p.prefix, attention)
         with self._lock:
             entry = self._graphs.get(key)
             placement = _placement(llm.model, adapter)
@@ -140,28 +171,27 @@ class GraphRunner:
                 del self._graphs[key]
                 entry = None
             if entry is None:
-                entry = self._capture(llm, adapter, p, attention, device, placement, key)
+                entry = self._capture(llm, adapter, p, flat, attention, device, placement, key)
                 if entry is None:
-                    return self._eager(llm, adapter, p, attention, device)
+                    return forward(llm, adapter, unpack(flat.to(device), p), p.prefix, attention)
                 self._graphs[key] = entry
                 while len(self._graphs) > GRAPHS_PER_LLM:
                     self._graphs.popitem(last=False)
             self._graphs.move_to_end(key)
-            for name, value in _inputs(p).items():
-                entry.inputs[name].copy_(value, non_blocking=True)
-            entry.graph.replay()  # type: ignore[union-attr]
+            entry.copied.synchronize()  # the previous call's copy out of the staging buffer is done
+            entry.staging.copy_(flat)
+            entry.flat.copy_(entry.staging, non_blocking=True)
+            entry.copied.record()
+            entry.graph.replay()  # type: ignore[attr-defined]
             crossattn, pooled, attn = (None if t is None else t.clone() for t in entry.outputs)
         return AdapterOutput(crossattn, pooled, attn)  # type: ignore[arg-type]
 
-    # -- internals ----------------------------------------------------------------------------------
-    def _eager(self, llm, adapter, p: StaticPlan, attention: bool, device) -> AdapterOutput:
-        inputs = {k: v.to(device, non_blocking=True) for k, v in _inputs(p).items()}
-        return forward(llm, adapter, inputs, p.prefix, attention)
-
-    def _capture(self, llm, adapter, p, attention, device, placement, key) -> _Graph | None:
-        inputs = {k: v.to(device) for k, v in _inputs(p).items()}
+    def _capture(self, llm, adapter, p, flat, attention, device, placement, key) -> _Graph | None:
+        staging = flat.pin_memory()
+        static = flat.to(device)
         try:
             state = llm.prefix_state_for(p.prefix)
+            inputs = unpack(static, p)
             stream = torch.cuda.Stream(device)
             stream.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(stream):  # warm up outside the graph (lazy inits, autotuning)
@@ -171,14 +201,17 @@ class GraphRunner:
                 self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                out = forward(llm, adapter, inputs, p.prefix, attention)
+                out = forward(llm, adapter, unpack(static, p), p.prefix, attention)
         except Exception as e:  # capture is an optimisation: any failure falls back to eager, once per shape
             log.warning("llmcond: CUDA graph capture failed for %s, running eagerly: %s", key[0], e)
             self._failed.add(key)
             torch.cuda.synchronize(device)
             return None
+        copied = torch.cuda.Event()
+        copied.record()
         holds = () if state is None else (state,)
-        return _Graph(graph, inputs, (out.crossattn, out.pooled, out.attention), placement, holds)
+        outputs = (out.crossattn, out.pooled, out.attention)
+        return _Graph(graph, staging, static, copied, outputs, placement, holds)
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -186,20 +219,6 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
-
-
-def _inputs(p: StaticPlan) -> dict[str, torch.Tensor]:
-    tensors = {
-        "ids": p.input_ids,
-        "mask": p.attention_mask,
-        "pos": p.position_ids,
-        "gather": p.gather,
-        "positions": p.positions,
-        "keep": p.keep,
-    }
-    if torch.cuda.is_available():
-        tensors = {k: v.pin_memory() for k, v in tensors.items()}
-    return tensors
 
 
 def forward(llm, adapter, inputs: dict[str, torch.Tensor], prefix: tuple, attention: bool) -> AdapterOutput:
