@@ -196,7 +196,7 @@ def test_wheel_console_script_runs_demo_and_info(wheel_venv):
     llmcond, env = str(venv / "bin" / "llmcond"), clean_env(tmp)
     out = run([llmcond, "demo"], cwd=tmp, env=env)
     assert "TINY RANDOM" in out and "crossattn (1, 308, 2048)" in out and "removed" in out
-    assert not list((tmp / "tmpdir").iterdir())  # the demo removed its temporary folder
+    assert not list((tmp / "tmpdir").glob("llmcond-demo-*"))  # the demo removed its temporary folder
 
     kept = tmp / "demo-models"
     out = run([llmcond, "demo", "--out-dir", str(kept)], cwd=tmp, env=env)
