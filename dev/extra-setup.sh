@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # WebUI-side test environments (owned by the webui work; dev/setup.sh calls this if present).
 #   .venv-gradio3: A1111 1.10.1's UI stack (gradio 3.41.2, fastapi 0.94, pydantic 1, numpy 1.26)
-#   .venv-gradio4: Forge2's UI stack (gradio 4.40.0, pydantic 2) + diffusers for the SDXL-shaped UNet test
+#   .venv-gradio4: Forge2's UI stack (gradio 4.40.0, pydantic 2) + diffusers (with transformers 4.57.6) for the
+#                  SDXL-shaped UNet test and the diffusers pipeline test
 # Both get torch 2.13.0 (CPU), the library's dependencies, pytest and playwright (driving Debian's chromium:
 # playwright never downloads a browser here). Idempotent: an environment whose marker matches is left alone.
 set -euo pipefail
@@ -20,7 +21,8 @@ fi
 COMMON=(torch==2.13.0 safetensors sentencepiece gguf psutil pytest pytest-timeout hypothesis playwright httpx)
 GRADIO3=(gradio==3.41.2 gradio_client==0.5.0 fastapi==0.94.0 "pydantic<2" "huggingface_hub<0.26" numpy==1.26.4
          tokenizers==0.13.3 "starlette<0.27" httpx==0.24.1)
-GRADIO4=(gradio==4.40.0 fastapi==0.112.2 httpx==0.27.2 "pydantic>=2,<3" "huggingface_hub>=0.34,<1" "numpy<2" tokenizers diffusers==0.37.1)
+GRADIO4=(gradio==4.40.0 fastapi==0.112.2 httpx==0.27.2 "pydantic>=2,<3" "huggingface_hub>=0.34,<1" "numpy<2" tokenizers diffusers==0.37.1
+         transformers==4.57.6)  # diffusers 0.37 SDXL pipelines import it (Forge2 pins 4.46.1: too old for them)
 
 make_env() {  # dir packages...
   local dir=$1; shift

@@ -10,7 +10,7 @@ echo "== tests: A1111 1.10.1 pins (.venv-a1111)"
 .venv-a1111/bin/python -m pytest -q -p no:cacheprovider -m "not oracle" "$@"
 for ui in gradio3 gradio4; do
   if [ -x ".venv-$ui/bin/python" ]; then
-    echo "== tests: WebUI UI stack .venv-$ui (host stand-in, API, browser, UNet)"
-    ".venv-$ui/bin/python" -m pytest -q -p no:cacheprovider tests/webui_standin "$@"
+    echo "== tests: WebUI UI stack .venv-$ui (host stand-in, API, browser, UNet, diffusers pipeline)"
+    ".venv-$ui/bin/python" -m pytest -q -p no:cacheprovider tests/webui_standin tests/test_diffusers_pipeline.py "$@"
   fi
 done

@@ -62,11 +62,21 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    print("llmcond demo: TINY RANDOM models (not real weights), built only to exercise the whole chain")
+    if args.dir:
+        _run_demo(Path(args.dir))
+        print(f"models written to {args.dir}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="llmcond-demo-", ignore_cleanup_errors=True) as root:
+        _run_demo(Path(root))
+    print("temporary models removed (keep them with --dir)")
+    return 0
+
+
+def _run_demo(root: Path) -> None:
     from lib_llmcond.engine import EncodeOptions, Engine
     from lib_llmcond.tiny import build_demo_models
 
-    root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="llmcond-demo-"))
-    print("llmcond demo: TINY RANDOM models (not real weights), built only to exercise the whole chain")
     llm_dir, adapter_file = build_demo_models(root)
     opts = EncodeOptions(llm=str(llm_dir), adapter=str(adapter_file), device="cpu", memory="keep")
     engine = Engine()
@@ -84,8 +94,7 @@ def _demo(args: argparse.Namespace) -> int:
             f"  {prompt[:48]!r:52} -> crossattn {tuple(cond['crossattn'].shape)}, vector "
             f"{tuple(cond['vector'].shape)}, tokens {reports[0].describe()}, {ms:.0f} ms"
         )
-    print(f"models written to {root}")
-    return 0
+    engine.unload()  # the models map their files: release them before the folder goes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--height", type=int, default=1024)
     enc.add_argument(
         "--emphasis",
-        default="off",
+        default="Original",
         choices=["off", "Ignore", "Original", "No norm"],
-        help="off: raw text to the LLM",
+        help="as EncodeOptions (default Original, the WebUIs' default); off: the text reaches the LLM untouched",
     )
     enc.add_argument("--emphasis-syntax", default="full", choices=["full", "weights_only"])
     enc.add_argument("--break-mode", default="paragraphs", choices=["paragraphs", "blocks"])
@@ -121,7 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
 
     demo = sub.add_parser("demo", help="build tiny random models and run the whole chain")
-    demo.add_argument("--dir", default=None, help="where to write the tiny models (default: a temp dir)")
+    demo.add_argument(
+        "--dir",
+        "--out-dir",
+        dest="dir",
+        default=None,
+        help="where to write (and keep) the tiny models; default: a temporary folder, removed afterwards",
+    )
     demo.set_defaults(func=_demo)
     return parser
 

@@ -474,15 +474,7 @@ def _sample(shapes: Mapping[str, Sequence[int]]) -> str:
     return _list([f"{k} {list(v)}" for k, v in sorted(shapes.items())], 12)
 
 
-# ---- writing files in either layout (tests and the demo) ----------------------------------------------------
-def canonical_state_dict(config: PerceiverConfig, seed: int = 0) -> dict[str, torch.Tensor]:
-    from ..tiny.adapter import random_state_dict
-
-    with torch.device("meta"):
-        module = PerceiverResampler(config)
-    return random_state_dict({k: tuple(v.shape) for k, v in module.state_dict().items()}, seed)
-
-
+# ---- this module's tensors under another layout's names (writing test files: lib_llmcond.tiny) ---------------
 def to_layout(sd: Mapping[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
     """This module's tensors under a layout's names (the inverse of ``plan_keys``)."""
     if layout not in LAYOUTS:

@@ -1,4 +1,5 @@
-"""Prompt templates (Markdown skeletons in ``templates/*.md``) and encoder templates (system-prompt presets).
+"""Prompt templates (Markdown skeletons in ``lib_llmcond/templates/*.md``) and encoder templates (system-prompt
+presets).
 
 A prompt template file starts with a front matter block naming it::
 
@@ -9,8 +10,8 @@ A prompt template file starts with a front matter block naming it::
     ## Character 1
     ...
 
-Templates come from the extension's ``templates/`` folder and any user folders; a later folder's template
-replaces an earlier one of the same name. A broken file is reported (an error naming it) and skipped; the
+Templates come from the package's ``templates/`` folder (package data: an installed wheel has them too) and any
+user folders; a later folder's template replaces an earlier one of the same name. A broken file is reported (an error naming it) and skipped; the
 others still load.
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from ..errors import PromptError
 from ..text.paths import GEMMA_SYSTEM_PROMPT
 
-BUILTIN_FOLDER = Path(__file__).resolve().parents[2] / "templates"
+BUILTIN_FOLDER = Path(__file__).resolve().parents[1] / "templates"  # lib_llmcond/templates (package data)
 BUILTIN_DIR = BUILTIN_FOLDER
 _FRONT = "---"
 _REQUIRED = ("name", "description")

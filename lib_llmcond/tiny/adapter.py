@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
+from ..adapters import perceiver
 from ..adapters.llm_to_sdxl import LLMToSDXLAdapter, LLMToSDXLConfig
+from ..adapters.perceiver import PerceiverConfig, PerceiverResampler
 
 METADATA = {"llmcond": "tiny random adapter for tests; not a trained model"}
 
@@ -53,6 +55,12 @@ def _is_norm(key: str, shapes: dict[str, tuple[int, ...]]) -> bool:
 def llm_to_sdxl_state_dict(config: LLMToSDXLConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         module = LLMToSDXLAdapter(config)
+    return random_state_dict({k: tuple(v.shape) for k, v in module.state_dict().items()}, seed)
+
+
+def perceiver_state_dict(config: PerceiverConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    with torch.device("meta"):
+        module = PerceiverResampler(config)
     return random_state_dict({k: tuple(v.shape) for k, v in module.state_dict().items()}, seed)
 
 
@@ -133,12 +141,10 @@ def write_tiny_adapter(
         )
         sd = to_layout(llm_to_sdxl_state_dict(config, seed), layout)
     elif family == "perceiver":
-        from ..adapters import perceiver
-
         if layout == "ref":
             layout = "plain"
-        config = perceiver.PerceiverConfig(llm_dim=llm_dim, dim=dim, depth=n_wide, **shape)
-        sd = perceiver.to_layout(perceiver.canonical_state_dict(config, seed), layout)
+        config = PerceiverConfig(llm_dim=llm_dim, dim=dim, depth=n_wide, **shape)
+        sd = perceiver.to_layout(perceiver_state_dict(config, seed), layout)
         meta = {"heads": config.heads, "max_input_len": config.max_input_len}
     else:
         raise ValueError(f"unknown adapter family {family!r}")
