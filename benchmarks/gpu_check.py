@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--parts", default="", help="a subset of: ours,memory,reference,deviation,breakdown")
     parser.add_argument("--tiny", action="store_true", help="tiny random models (a smoke run)")
     args = parser.parse_args(argv)
     import transformers
@@ -375,13 +376,17 @@ def main(argv: list[str] | None = None) -> None:
         }
         if key == args.models.split(",")[0]:
             parts["breakdown"] = functools.partial(breakdown, llm_dir, adapter, prompts, args.repeats, out)
-        for part, fn in parts.items():
+        wanted = args.parts.split(",") if args.parts else list(parts)
+        for part, fn in ((k, v) for k, v in parts.items() if k in wanted):
             t0 = time.perf_counter()
             r[part] = fn()
             print(f"[{key}] {part} in {time.perf_counter() - t0:.0f} s", flush=True)
         results["models"][m.name] = r
     (out / "gpu_check.json").write_text(json.dumps(results, indent=2))
-    print(table(results))
+    try:
+        print(table(results))
+    except KeyError:  # a run of some parts only: the raw numbers
+        print(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
