@@ -20,9 +20,9 @@ from .emphasis import Span
 EMPHASIS_MODES: tuple[str, ...] = ("Original", "No norm", "Ignore", "None")
 MODES = EMPHASIS_MODES
 # The selectable mappings: name -> the exponent p that sharpens the compression attention before it carries the
-# weights (``sharpen``). p = 1 is the attention itself; p = 4 was chosen by ``benchmarks/emphasis_mapping.py``
+# weights (``sharpen``). p = 1 is the attention itself; p = 6 was chosen by ``benchmarks/emphasis_mapping.py``
 # (README: Emphasis). ``pipeline.MAPPINGS`` / ``pipeline.DEFAULT_MAPPING`` are read from here.
-MAPPING_POWERS: dict[str, float] = {"sharpened": 4.0, "attention": 1.0}
+MAPPING_POWERS: dict[str, float] = {"sharpened": 6.0, "attention": 1.0}
 # "Original" restores a row's mean only when that rescales it by a factor in this range: a mean near zero
 # (the adapter's crossattn has one) would turn the restore into a large, noisy gain
 RESTORE_RANGE = (0.5, 2.0)
@@ -96,7 +96,7 @@ def output_multipliers(attention: torch.Tensor, token_w: torch.Tensor, mode: str
     compression attention [B,T,L], with the selectable mapping ``mode`` (a key of ``MAPPING_POWERS``).
 
     ``attention``: ``m_j = 1 + sum_i A[j,i] (w_i - 1)``, i.e. ``sum_i A[j,i] w_i`` for rows summing to 1.
-    ``sharpened``: the same on ``sharpen(A, 4)``, so an output token follows its strongest sources (less leakage)
+    ``sharpened``: the same on ``sharpen(A, 6)``, so an output token follows its strongest sources (less leakage)
     while staying continuous in the model's outputs.
     """
     if mode not in MAPPING_POWERS:
