@@ -21,7 +21,7 @@ EMPHASIS_MODES: tuple[str, ...] = ("Original", "No norm", "Ignore", "None")
 MODES = EMPHASIS_MODES
 # The selectable mappings: name -> the exponent p that sharpens the compression attention before it carries the
 # weights (``sharpen``). p = 1 is the attention itself; p = 6 was chosen by ``benchmarks/emphasis_mapping.py``
-# (README: Emphasis). ``pipeline.MAPPINGS`` / ``pipeline.DEFAULT_MAPPING`` are read from here.
+# (README: Emphasis). ``pipeline.MAPPINGS`` is read from here; the default is ``pipeline.DEFAULT_MAPPING``.
 MAPPING_POWERS: dict[str, float] = {"sharpened": 6.0, "attention": 1.0}
 # "Original" restores a row's mean only when that rescales it by a factor in this range: a mean near zero
 # (the adapter's crossattn has one) would turn the restore into a large, noisy gain
