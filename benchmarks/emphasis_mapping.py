@@ -50,7 +50,7 @@ from lib_llmcond.prompt.weights import MAPPING_POWERS, apply_emphasis, multiplie
 
 ROOT = Path(__file__).resolve().parent
 CACHE = ROOT / ".cache" / "emphasis"
-# (prompt, the same prompt with one extra comma, the weighted word)
+# (prompt, the same prompt with one extra comma); the weighted word is in brackets
 PROMPTS = [
     (
         "a girl with (silver:{w}) hair stands in a field of flowers under a blue sky",
