@@ -20,7 +20,7 @@ from lib_llmcond.conditioning import POOLED_DIM, make_vector, pad_blocks
 from lib_llmcond.errors import IncompatibleModelsError, LlmcondError
 from lib_llmcond.matmul_precision import PRECISIONS, resolve_precision
 from lib_llmcond.models import Identity, identity
-from lib_llmcond.pipeline import EncodedText, Pipeline, PromptReport, TextOptions
+from lib_llmcond.pipeline import DEFAULT_MAPPING, EncodedText, Pipeline, PromptReport, TextOptions
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 MEMORY_POLICIES = ("keep", "offload", "unload")
@@ -44,7 +44,7 @@ class EncodeOptions:
     llm_dtype: str = "auto"  # "auto" | "bfloat16" | "float32"
     memory: str = "offload"  # "keep" | "offload" | "unload"
     fixed_size: bool = False  # size conditioning fixed at 1024x1024
-    emphasis_mapping: str = "argmax"  # "argmax" | "attention" (README: Emphasis)
+    emphasis_mapping: str = DEFAULT_MAPPING  # one of pipeline.MAPPINGS (README: Emphasis)
     adapter_precision: str = "auto"  # "auto" | "fp32" | "tf32": fp32 matmuls on CUDA (matmul_precision)
 
     def __post_init__(self) -> None:

@@ -15,12 +15,14 @@ from lib_llmcond import gpu_encode
 from lib_llmcond.adapters.base import AdapterOutput
 from lib_llmcond.encoders.llm import LLM
 from lib_llmcond.matmul_precision import matmul_precision
+from lib_llmcond.prompt.weights import MAPPING_POWERS
 from lib_llmcond.text.paths import PromptTokens
 
 EMPHASIS_MODES = ("None", "Ignore", "Original", "No norm")
 SYNTAXES = ("full", "weights_only")
 BREAK_MODES = ("paragraphs", "blocks")
-MAPPINGS = ("attention", "argmax")
+MAPPINGS = tuple(MAPPING_POWERS)  # selectable emphasis mappings (README: Emphasis)
+DEFAULT_MAPPING = "sharpened"
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class TextOptions:
     break_mode: str = "paragraphs"
     system_prompt: str | None = None
     chunk: bool = False
-    mapping: str = "argmax"  # how input-token weights reach output tokens (README: Emphasis)
+    mapping: str = DEFAULT_MAPPING  # how input-token weights reach output tokens (README: Emphasis)
 
     def __post_init__(self) -> None:
         for value, allowed, label in (

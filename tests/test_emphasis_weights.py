@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib_llmcond.errors import PromptError
+from lib_llmcond.pipeline import DEFAULT_MAPPING, MAPPINGS
 from lib_llmcond.prompt.emphasis import Span, parse_prompt
 from lib_llmcond.prompt.weights import (
     EMPHASIS_MODES,
-    MAPPINGS,
+    MAPPING_POWERS,
     apply_emphasis,
+    multipliers_at,
     output_multipliers,
-    rollout,
+    sharpen,
     token_weights,
 )
 
@@ -82,22 +86,37 @@ def test_attention_mapping_formula_and_leftover_mass():
     a = _attention()
     w = torch.rand(2, 9) + 0.5
     expected = (a * w[:, None, :]).sum(-1)  # rows sum to 1: a weighted mean of the inputs' weights
-    assert torch.allclose(output_multipliers(a, w), expected, atol=1e-6)
+    assert torch.allclose(output_multipliers(a, w, "attention"), expected, atol=1e-6)
     half = a * 0.5  # half the mass elsewhere (a Perceiver's latents): that half weighs 1.0
-    assert torch.allclose(output_multipliers(half, w), 0.5 * expected + 0.5, atol=1e-6)
+    assert torch.allclose(output_multipliers(half, w, "attention"), 0.5 * expected + 0.5, atol=1e-6)
 
 
-def test_nearest_mapping_positions():
-    a = torch.ones(1, 3, 5) / 5
-    w = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
-    assert output_multipliers(a, w, "nearest").tolist() == [[1.0, 3.0, 5.0]]
+def test_mappings_are_the_pipelines_choices():
+    assert tuple(MAPPING_POWERS) == MAPPINGS and DEFAULT_MAPPING in MAPPINGS
+    assert MAPPING_POWERS["attention"] == 1.0
+
+
+def test_sharpen_is_the_softmax_of_scaled_logits_keeping_the_mass():
+    """Oracle from the definition: sharpening softmax(s) by p is softmax(p * s); rows keep their mass."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 5, 7, generator=g) * 3
+    for power in (2.0, 4.0, 16.0):
+        assert torch.allclose(sharpen(logits.softmax(-1), power), (power * logits).softmax(-1), atol=1e-6)
+    a = logits.softmax(-1) * 0.4
+    a[0, 1] = 0.0  # a row without mass (no real input) stays zero, without NaN
+    a[1, 2, :3] = 0.0  # exact zeros stay zero
+    out = sharpen(a, 4.0)
+    assert torch.isfinite(out).all() and torch.equal(out[0, 1], torch.zeros(7))
+    assert torch.equal(out[1, 2, :3], torch.zeros(3))
+    assert torch.allclose(out.sum(-1), a.sum(-1), atol=1e-6)
+    assert torch.equal(sharpen(a, 1.0), a)
 
 
 @pytest.mark.parametrize("mode", MAPPINGS)
 def test_multipliers_monotonic_in_a_weight(mode):
     a = _attention(b=1, t=12, length=9, seed=3)
     prev = None
-    for weight in (0.5, 0.8, 1.0, 1.2, 1.5, 2.0):
+    for weight in (0.5, 0.7, 0.8, 1.0, 1.1, 1.2, 1.3, 1.5, 1.6, 2.0):
         w = torch.ones(1, 9)
         w[0, 4] = weight
         m = output_multipliers(a, w, mode)
@@ -120,14 +139,46 @@ def test_sharpened_leaks_less():
     assert leak["sharpened"] < leak["attention"]
 
 
-def test_rollout():
-    comp = _attention(b=1, t=4, length=7)
-    narrow = [_attention(b=1, t=4, length=4, seed=k) for k in (1, 2)]
-    assert torch.equal(rollout(comp, narrow, residual=1.0), comp)
-    out = rollout(comp, narrow)
-    assert torch.allclose(out.sum(-1), torch.ones(1, 4), atol=1e-6)
-    one = 0.5 * torch.eye(4) + 0.5 * narrow[0]
-    assert torch.allclose(rollout(comp, narrow[:1]), one @ comp, atol=1e-7)
+def _argmax(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The former default (removed): output token j takes the weight of the input it attends to most."""
+    return torch.gather(w, 1, a.argmax(dim=-1))
+
+
+def _lipschitz_violations(mapping, a: torch.Tensor, w: torch.Tensor, power: float, eps: float) -> int:
+    """Perturb every attention entry by a factor within exp(+-eps); count multipliers that move by more than
+    ``sharpen``'s bound max|w - 1| * mass * (exp((2p + 1) eps) - 1)."""
+    g = torch.Generator().manual_seed(7)
+    bad = 0
+    for _ in range(20):
+        a2 = a * torch.exp(eps * (2 * torch.rand(a.shape, generator=g) - 1))
+        moved = (mapping(a2, w) - mapping(a, w)).abs()
+        bound = (w - 1).abs().max() * a.sum(-1) * (math.exp((2 * power + 1) * eps) - 1)
+        bad += int((moved > bound * (1 + 1e-4) + 1e-6).sum())
+    return bad
+
+
+@pytest.mark.parametrize("mode", MAPPINGS)
+@pytest.mark.parametrize("scale", [0.5, 3.0, 8.0])  # diffuse to peaked attention
+def test_multipliers_are_lipschitz_in_the_attention(mode, scale):
+    """A small change of the attention moves the multipliers by a bounded, proportionally small amount."""
+    power = MAPPING_POWERS[mode]
+    a = _attention(b=2, t=64, length=24, seed=11) ** scale
+    a = a / a.sum(-1, keepdim=True)
+    w = torch.ones(2, 24)
+    w[:, 5:8] = 1.6
+    w[:, 15] = 0.7
+    for eps in (1e-4, 1e-3, 1e-2):
+        assert _lipschitz_violations(lambda x, y: output_multipliers(x, y, mode), a, w, power, eps) == 0
+
+
+def test_argmax_fails_the_continuity_bound():
+    """The check has teeth: near a tie, argmax jumps by the whole weight under a perturbation of 1e-4."""
+    a = torch.full((1, 4, 6), 0.1)
+    a[0, :, 2] = a[0, :, 4] = 0.25  # tied strongest inputs: 2 (weighted) and 4
+    w = torch.ones(1, 6)
+    w[0, 2] = 1.5
+    assert _lipschitz_violations(_argmax, a, w, 64.0, 1e-4) > 0
+    assert _lipschitz_violations(lambda x, y: multipliers_at(x, y, 64.0), a, w, 64.0, 1e-4) == 0
 
 
 def _z(b=2, t=6, d=8, dtype=torch.float32):
@@ -183,7 +234,7 @@ def test_unknown_modes():
     with pytest.raises(PromptError, match="Original"):
         apply_emphasis(_z(), torch.ones(2, 6), "original")
     with pytest.raises(PromptError, match="attention"):
-        output_multipliers(_attention(), torch.ones(2, 9), "bogus")
+        output_multipliers(_attention(), torch.ones(2, 9), "argmax")
 
 
 @settings(max_examples=60, deadline=None)
@@ -198,7 +249,7 @@ def test_influence_grows_with_the_weight(weight, index):
     def moved(wt: float) -> float:
         w = torch.ones(1, 9)
         w[0, index] = wt
-        return (apply_emphasis(z, output_multipliers(a, w), "No norm") - z).norm().item()
+        return (apply_emphasis(z, output_multipliers(a, w, DEFAULT_MAPPING), "No norm") - z).norm().item()
 
     assert moved(1.0) == 0.0
     lo, hi = sorted((weight, 1.0 + 1.5 * (weight - 1.0)))  # further from 1.0 on the same side

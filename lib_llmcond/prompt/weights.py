@@ -19,8 +19,10 @@ from .emphasis import Span
 
 EMPHASIS_MODES: tuple[str, ...] = ("Original", "No norm", "Ignore", "None")
 MODES = EMPHASIS_MODES
-MAPPINGS: tuple[str, ...] = ("argmax", "attention", "sharpened", "nearest")
-SHARPEN_POWER = 4.0
+# The selectable mappings: name -> the exponent p that sharpens the compression attention before it carries the
+# weights (``sharpen``). p = 1 is the attention itself; p = 6 was chosen by ``benchmarks/emphasis_mapping.py``
+# (README: Emphasis). ``pipeline.MAPPINGS`` is read from here; the default is ``pipeline.DEFAULT_MAPPING``.
+MAPPING_POWERS: dict[str, float] = {"sharpened": 6.0, "attention": 1.0}
 # "Original" restores a row's mean only when that rescales it by a factor in this range: a mean near zero
 # (the adapter's crossattn has one) would turn the restore into a large, noisy gain
 RESTORE_RANGE = (0.5, 2.0)
@@ -64,64 +66,44 @@ def token_weights(
     return [1.0 if off is None else _token_weight(off[0], off[1], ordered, starts, text) for off in offsets]
 
 
-def rollout(
-    compression: torch.Tensor, narrow: Sequence[torch.Tensor] = (), residual: float = 0.5
-) -> torch.Tensor:
-    """Attention rollout: the compression attention [B,T,L] carried through self-attention maps [B,T,T].
+def sharpen(attention: torch.Tensor, power: float) -> torch.Tensor:
+    """Rows of attention [B,T,L] raised to ``power``, renormalised, and rescaled to their original mass (mass on
+    something other than the inputs, a Perceiver's latents, still weighs 1.0); rows without mass stay zero.
 
-    Each block mixes ``residual * I + (1 - residual) * A`` (the residual stream), applied in block order.
+    Computed as ``softmax(power * log A)``: on a softmax attention that is the attention its logits would give
+    multiplied by ``power`` (a temperature of 1/power). It is continuous in A and Lipschitz in log A: if every
+    entry of a row changes by a factor within ``exp(+-e)``, every entry of the result changes by a factor within
+    ``exp(+-(2 * power + 1) * e)``, so the row moves by at most ``mass * (exp((2 * power + 1) * e) - 1)`` in L1
+    and a multiplier by at most that times ``max |w_i - 1|``. Argmax, the limit power -> inf, jumps at ties.
     """
-    out = compression
-    for attn in narrow:
-        eye = torch.eye(attn.shape[-1], dtype=attn.dtype, device=attn.device)
-        out = (residual * eye + (1.0 - residual) * attn) @ out
-    return out
-
-
-def _sharpen(attention: torch.Tensor, power: float) -> torch.Tensor:
-    """Rows raised to ``power`` and rescaled to their original mass (so leftover mass still weighs 1.0)."""
+    if power == 1.0:
+        return attention
     mass = attention.sum(-1, keepdim=True)
-    sharp = attention.clamp_min(0) ** power
-    return sharp * (mass / sharp.sum(-1, keepdim=True).clamp_min(torch.finfo(sharp.dtype).tiny))
+    sharp = torch.nan_to_num(torch.softmax(power * torch.log(attention.clamp_min(0)), dim=-1))
+    return torch.where(mass > 0, sharp * mass, torch.zeros_like(sharp))
 
 
-def _nearest(attention: torch.Tensor, token_w: torch.Tensor) -> torch.Tensor:
-    """Output token j reads the input token at the same relative position (a positional baseline)."""
-    b, t, length = attention.shape
-    real = (attention.sum(1) > 0).to(token_w.dtype) if attention.numel() else token_w.new_ones(b, length)
-    out = token_w.new_ones(b, t)
-    for row in range(b):
-        idx = torch.nonzero(real[row]).flatten()
-        if len(idx) == 0:
-            continue
-        pos = torch.round(torch.linspace(0, len(idx) - 1, t, dtype=torch.float64)).long()
-        out[row] = token_w[row, idx[pos]]
-    return out
-
-
-def output_multipliers(
-    attention: torch.Tensor, token_w: torch.Tensor, mode: str = "attention"
-) -> torch.Tensor:
-    """Weights [B,T] of the adapter's output tokens from input-token weights [B,L] and attention [B,T,L].
-
-    ``argmax``: the weight of the input token output token j attends to most (the default: see the README's
-    measurement). ``attention``: ``m_j = 1 + sum_i A[j,i] (w_i - 1)``, i.e. ``sum_i A[j,i] w_i`` for rows summing to 1 and
-    any attention mass not on the inputs (a Perceiver's latents) weighing 1.0. ``sharpened``: the same on
-    ``A**4`` rescaled per row, so an output token follows its strongest sources (less leakage).
-    ``nearest``: the input token at the same relative position among the attended ones. All weights 1.0 give
-    exactly 1.0.
-    """
-    if mode not in MAPPINGS:
-        raise PromptError(f"unknown emphasis mapping {mode!r}", fix=f"Use one of {', '.join(MAPPINGS)}.")
+def multipliers_at(attention: torch.Tensor, token_w: torch.Tensor, power: float) -> torch.Tensor:
+    """``m_j = 1 + sum_i S[j,i] (w_i - 1)`` with S = ``sharpen(attention, power)``: weights [B,T] of the output
+    tokens from input-token weights [B,L]. All weights 1.0 give exactly 1.0."""
     attention = attention.float()
     token_w = token_w.to(attention.device, torch.float32)
-    if mode == "nearest":
-        return _nearest(attention, token_w)
-    if mode == "argmax":
-        return torch.gather(token_w, 1, attention.argmax(dim=-1))
-    if mode == "sharpened":
-        attention = _sharpen(attention, SHARPEN_POWER)
-    return 1.0 + torch.einsum("btl,bl->bt", attention, token_w - 1.0)
+    return 1.0 + torch.einsum("btl,bl->bt", sharpen(attention, power), token_w - 1.0)
+
+
+def output_multipliers(attention: torch.Tensor, token_w: torch.Tensor, mode: str) -> torch.Tensor:
+    """Weights [B,T] of the adapter's output tokens from input-token weights [B,L] and the head-averaged
+    compression attention [B,T,L], with the selectable mapping ``mode`` (a key of ``MAPPING_POWERS``).
+
+    ``attention``: ``m_j = 1 + sum_i A[j,i] (w_i - 1)``, i.e. ``sum_i A[j,i] w_i`` for rows summing to 1.
+    ``sharpened``: the same on ``sharpen(A, 6)``, so an output token follows its strongest sources (less leakage)
+    while staying continuous in the model's outputs.
+    """
+    if mode not in MAPPING_POWERS:
+        raise PromptError(
+            f"unknown emphasis mapping {mode!r}", fix=f"Use one of {', '.join(MAPPING_POWERS)}."
+        )
+    return multipliers_at(attention, token_w, MAPPING_POWERS[mode])
 
 
 def apply_emphasis(
@@ -141,7 +123,7 @@ def apply_emphasis(
         return crossattn
     m = multipliers.to(crossattn.device)
     changed = (m != 1.0).any(dim=-1)
-    if not bool(changed.any()):
+    if crossattn.device.type == "cpu" and not bool(changed.any()):  # on a GPU, asking would be a host sync
         return crossattn
     z = crossattn.float()
     scaled = z * m.float().unsqueeze(-1)
