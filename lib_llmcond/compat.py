@@ -17,6 +17,11 @@ def sdpa_supports_enable_gqa() -> bool:
         return False
 
 
+def has_fused_rms_norm() -> bool:
+    """``torch.nn.functional.rms_norm`` arrived in torch 2.4 (a fused CUDA kernel behind it later)."""
+    return hasattr(torch.nn.functional, "rms_norm")
+
+
 def has_torch_compile() -> bool:
     return hasattr(torch, "compile")
 

@@ -197,3 +197,22 @@ def test_cuda_fp32_matches_cpu_with_host_tf32_on(demo):
         assert g.crossattn.device.type == "cuda"
         assert (g.crossattn.cpu() - c.crossattn).abs().max().item() <= 1e-4
         assert (g.pooled.cpu() - c.pooled).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("plus_one", [True, False])
+def test_fused_rms_norm_matches_the_formula(plus_one):
+    from lib_llmcond.compat import has_fused_rms_norm
+    from lib_llmcond.encoders.transformer import RMSNorm
+
+    if not has_fused_rms_norm():
+        pytest.skip("this torch has no F.rms_norm (the formula is used)")
+    norm = RMSNorm(64, 1e-6, plus_one)
+    with torch.no_grad():
+        norm.weight.normal_(0, 0.3)
+    x = torch.randn(2, 7, 64).to(torch.bfloat16)
+    want = norm(x)  # on the CPU: the formula
+    got = norm._fused(x)  # what a GPU runs
+    assert got.dtype == want.dtype
+    assert (got.float() - want.float()).abs().max().item() <= 2e-2  # one bf16 rounding step at most
+    x32 = x.float()
+    assert (norm._fused(x32) - norm(x32)).abs().max().item() <= 1e-5
