@@ -273,3 +273,118 @@ def test_perceiver_adapters_refuse_adapter_loras_by_name(tmp_path):
     lora = write_lora(tmp_path / "x.safetensors", qkv_stems(False))
     (result,) = patch_adapter(base, [(lora, 1.0)]).results
     assert "LLMToSDXLAdapter" in result.error and "PerceiverResampler" in result.error
+
+
+# -- the engine, the Python API and the CLI ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny random Gemma-3 and a small adapter for it, plus that adapter's tensors."""
+    from safetensors.torch import load_file
+
+    from lib_llmcond.tiny import build_tiny_gemma
+    from lib_llmcond.tiny.llm import TINY
+
+    root = tmp_path_factory.mktemp("engine")
+    llm = build_tiny_gemma(root / "llm")
+    shape = {**SMALL, "llm_dim": TINY["gemma3"]["hidden_size"], "max_input_len": 64}
+    adapter = write_tiny_adapter(root / "adapter.safetensors", **shape)
+    return llm, adapter, load_file(str(adapter))
+
+
+def engine_opts(models, **kw):
+    from lib_llmcond.engine import EncodeOptions
+
+    kw = {"adapter": str(models[1]), **kw}
+    return EncodeOptions(llm=str(models[0]), device="cpu", memory="keep", **kw)
+
+
+def crossattn(engine, text, opts):
+    return engine.get_conditioning([text], opts, width=1024, height=1024)["crossattn"]
+
+
+def test_engine_encodes_with_the_patched_adapter(tmp_path, models):
+    from lib_llmcond.engine import Engine
+
+    stems = qkv_stems(False, seed=60)
+    stems["narrow_attention_blocks_0_attn_out_proj"] = factors(61, D, D)
+    lora = write_lora(tmp_path / "x.safetensors", stems, alpha=4.0)
+    merged = dict(models[2])
+    merged[f"{ATTN}.in_proj_weight"] = merged[f"{ATTN}.in_proj_weight"].clone()
+    for i, w in enumerate("qkv"):
+        up, down = stems[f"wide_attention_blocks_0_attn_{w}_proj"]
+        merged[f"{ATTN}.in_proj_weight"][i * D : (i + 1) * D] += 0.8 * up @ down
+    up, down = stems["narrow_attention_blocks_0_attn_out_proj"]
+    key = "narrow_attention_blocks.0.attn.out_proj.weight"
+    merged[key] = merged[key] + 0.8 * up @ down
+    oracle_file = save_tensors(tmp_path / "merged.safetensors", merged)
+
+    engine = Engine()
+    plain_opts = engine_opts(models)
+    lora_opts = engine_opts(models, adapter_loras=[(lora, 0.8)])  # a list from the Python API
+    assert lora_opts.adapter_loras == ((str(lora), 0.8),)
+    plain = crossattn(engine, "a red fox", plain_opts)
+    got = crossattn(engine, "a red fox", lora_opts)
+    want = crossattn(Engine(), "a red fox", engine_opts(models, adapter=str(oracle_file)))
+    assert torch.allclose(got, want, atol=1e-5, rtol=0) and not torch.allclose(got, plain, atol=1e-3)
+    (result,) = engine.adapter_lora_results(lora_opts)
+    assert result.applied and result.modules == 4
+    # without the LoRA again: the base is untouched (a text not encoded before, against a fresh engine)
+    assert torch.equal(
+        crossattn(engine, "a blue whale", plain_opts), crossattn(Engine(), "a blue whale", plain_opts)
+    )
+
+
+def test_signature_and_cache_key_follow_the_loras(tmp_path, models):
+    from lib_llmcond.engine import Engine
+
+    engine = Engine()
+    lora = write_lora(tmp_path / "x.safetensors", qkv_stems(False, seed=70))
+    other = write_lora(tmp_path / "y.safetensors", qkv_stems(False, seed=71))
+    sig = {
+        name: engine.signature(engine_opts(models, adapter_loras=loras))
+        for name, loras in {
+            "none": (),
+            "zero": [(lora, 0.0)],
+            "x": [(lora, 1.0)],
+            "x-half": [(lora, 0.5)],
+            "y": [(other, 1.0)],
+        }.items()
+    }
+    assert sig["zero"] == sig["none"]
+    assert len({sig["none"], sig["x"], sig["x-half"], sig["y"]}) == 4
+    half = crossattn(engine, "a cat", engine_opts(models, adapter_loras=[(lora, 0.5)]))
+    full = crossattn(engine, "a cat", engine_opts(models, adapter_loras=[(lora, 1.0)]))
+    zero = crossattn(engine, "a cat", engine_opts(models, adapter_loras=[(lora, 0.0)]))
+    assert not torch.equal(half, full)
+    assert torch.equal(zero, crossattn(Engine(), "a cat", engine_opts(models)))
+
+
+def test_engine_ignores_a_lora_that_does_not_fit(tmp_path, models, caplog):
+    from lib_llmcond.engine import Engine
+
+    bad = write_lora(tmp_path / "bad.safetensors", {"compression_gate_0": factors(1, 2048, 4096)})
+    opts = engine_opts(models, adapter_loras=[(bad, 1.0)])
+    engine = Engine()
+    with caplog.at_level("WARNING", logger="llmcond"):
+        got = crossattn(engine, "a dog", opts)
+    assert torch.equal(got, crossattn(Engine(), "a dog", engine_opts(models)))
+    (result,) = engine.adapter_lora_results(opts)
+    assert result.error and "bad" in caplog.text and "other shapes" in caplog.text
+
+
+def test_cli_adapter_lora(tmp_path, models):
+    from safetensors.torch import load_file
+
+    from lib_llmcond.cli import lora_arg, main
+    from lib_llmcond.engine import Engine
+
+    assert lora_arg("a/b.safetensors:0.8") == ("a/b.safetensors", 0.8)
+    assert lora_arg("a/b.safetensors") == ("a/b.safetensors", 1.0)
+    assert lora_arg("C:\\loras\\b.safetensors") == ("C:\\loras\\b.safetensors", 1.0)
+    assert lora_arg("C:\\loras\\b.safetensors:-0.5") == ("C:\\loras\\b.safetensors", -0.5)
+    lora = write_lora(tmp_path / "x.safetensors", qkv_stems(False, seed=80))
+    out = tmp_path / "out.safetensors"
+    args = ["encode", "--llm", str(models[0]), "--adapter", str(models[1]), "--prompt", "a fox"]
+    assert main([*args, "--adapter-lora", f"{lora}:0.8", "--adapter-lora", str(lora), "--out", str(out)]) == 0
+    opts = engine_opts(models, emphasis="None", adapter_loras=[(lora, 0.8), (lora, 1.0)])
+    assert torch.equal(load_file(str(out))["crossattn"], crossattn(Engine(), "a fox", opts))
