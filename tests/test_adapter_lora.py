@@ -244,6 +244,12 @@ def test_lora_for_another_adapter_is_ignored(tmp_path, base_file):
     assert "other.safetensors" in refused.describe()
 
 
+def test_sd1_clip_lora_is_named_as_such(tmp_path, base_file):
+    stems = {"text_model_encoder_layers_0_mlp_fc1": factors(1, 3072, 768)}
+    refused = _one_refused(tmp_path, base_file, write_lora(tmp_path / "sd15.safetensors", stems))
+    assert "CLIP text encoder" in refused.error and "SD 1.x" in refused.error
+
+
 def test_lora_of_other_shapes_is_ignored(tmp_path, base_file):
     bad = write_lora(tmp_path / "wide.safetensors", {"compression_gate_0": factors(1, 2048, 4096)})
     refused = _one_refused(tmp_path, base_file, bad)

@@ -37,6 +37,7 @@ from .files import open_tensor_file
 from .llm_to_sdxl import LLMToSDXLAdapter, MultiheadAttention
 
 PREFIX = "lora_te_"
+CLIP_STEM = PREFIX + "text_model_"  # SD 1.x LoRAs use lora_te_ for their (CLIP) text encoder
 UP, DOWN, ALPHA = "lora_up.weight", "lora_down.weight", "alpha"
 # Suffixes of other network types (A1111's network_*.py modules) -> their names, for the message.
 OTHER_TYPES = {
@@ -206,6 +207,12 @@ def check_fit(pairs: dict[str, LoraPair], table: dict[str, Target], path: str | 
     )
     if not (unknown or wrong):
         return
+    if unknown and all(k.startswith(CLIP_STEM) for k in unknown):
+        raise LoraMismatch(
+            "its lora_te_ keys are a CLIP text encoder's (an SD 1.x LoRA), not an LLM adapter's",
+            path=path,
+            fix="Use an SDXL LoRA; SD 1.x LoRAs do not fit SDXL models",
+        )
     parts = []
     if unknown:
         parts.append(f"{len(unknown)} unknown module(s): {', '.join(unknown[:_SHOWN])}")
