@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from lib_llmcond.errors import LlmcondError
 from lib_llmcond.webui.hosts import host_module
 from lib_llmcond.webui.state import RequestState
 
@@ -116,7 +117,10 @@ def for_pass(current: RequestState, extra_network_data: Any, signature: Callable
     if tuple(loras) == tuple(current.opts.adapter_loras):
         return current
     opts = dataclasses.replace(current.opts, adapter_loras=tuple(loras))
-    return dataclasses.replace(current, opts=opts, signature=signature(opts))
+    try:
+        return dataclasses.replace(current, opts=opts, signature=signature(opts))
+    except LlmcondError as e:  # a model file gone since the request began: raised at encode time
+        return dataclasses.replace(current, opts=opts, signature=f"llmcond:error:{e}", error=e)
 
 
 def record_results(state: RequestState, results: Any) -> None:

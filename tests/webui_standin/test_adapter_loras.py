@@ -291,3 +291,20 @@ def test_non_matching_and_corrupt_loras_are_reported_and_skipped(real, models_ro
     assert processed.extra_generation_params[infotext.ADAPTER_LORAS] == "x: 0.8"
     assert "other_adapter" in caplog.text and "broken" in caplog.text
     assert processed.images and not real.host.script_errors
+
+
+def test_model_gone_while_signing_the_pass_stops_with_its_message(with_loras, monkeypatch):
+    from lib_llmcond.errors import ModelFileError
+
+    stand, _ = with_loras
+    gone = ModelFileError("no such file", path="tiny-gemma", fix="check the path")
+
+    def signature(opts):
+        if opts.adapter_loras:
+            raise gone
+        return "sig"
+
+    monkeypatch.setattr(stand.engine, "signature", signature)
+    with pytest.raises(ModelFileError, match="no such file"):
+        stand.txt2img(**{**GEN, "prompt": "a cat <lora:x:1>"})
+    assert not stand.engine.calls
