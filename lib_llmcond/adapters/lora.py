@@ -75,10 +75,10 @@ class LoraPair:
     def rank(self) -> int:
         return int(self.down.shape[0])
 
-    def delta(self, multiplier: float, device: torch.device) -> torch.Tensor:
+    def factors(self, multiplier: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(``m * alpha / rank * up``, ``down``) on ``device``: their product is this LoRA's weight delta."""
         scale = 1.0 if self.alpha is None else self.alpha / self.rank
-        up, down = self.up.to(device), self.down.to(device)
-        return (multiplier * scale) * (up @ down)
+        return (multiplier * scale) * self.up.to(device), self.down.to(device)
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ def patch_adapter(base: Adapter, loras: Sequence[tuple[str | Path, float]]) -> P
     """``base`` with the ``lora_te_`` parts of ``loras`` merged (a copy; ``base`` itself when nothing merges)."""
     table: dict[str, Target] | None = None
     device = base.device
-    deltas: dict[Target, torch.Tensor] = {}
+    deltas: dict[Target, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # low-rank factors, added at merge
     results = []
     with torch.inference_mode(False), torch.no_grad():  # normal tensors even inside a host's inference mode
         for path, multiplier in loras:
@@ -246,9 +246,7 @@ def patch_adapter(base: Adapter, loras: Sequence[tuple[str | Path, float]]) -> P
                 results.append(LoraResult(path, multiplier, error=e.what, fix=e.fix))
                 continue
             for key, pair in pairs.items():
-                d = pair.delta(multiplier, device)
-                target = table[key]
-                deltas[target] = d if target not in deltas else deltas[target] + d
+                deltas.setdefault(table[key], []).append(pair.factors(multiplier, device))
             results.append(LoraResult(path, multiplier, modules=len(pairs)))
         adapter = _merged_copy(base, deltas) if deltas else base
     return PatchedAdapter(adapter, tuple(results))
@@ -264,8 +262,9 @@ def _check_family(base: Adapter, path: str) -> None:
         )
 
 
-def _merged_copy(base: Adapter, deltas: dict[Target, torch.Tensor]) -> Adapter:
-    """A structural copy of ``base`` sharing all its tensors, with the targets' weights replaced."""
+def _merged_copy(base: Adapter, deltas: dict[Target, list[tuple[torch.Tensor, torch.Tensor]]]) -> Adapter:
+    """A structural copy of ``base`` sharing all its tensors, with the targets' weights replaced by
+    ``W + sum(up' @ down)`` (one ``addmm`` per LoRA: no full-size delta is ever held)."""
     patched = copy.deepcopy(base, _shared_tensors(base))
     by_module: dict[str, list[Target]] = {}
     for target in deltas:
@@ -274,16 +273,27 @@ def _merged_copy(base: Adapter, deltas: dict[Target, torch.Tensor]) -> Adapter:
         source, module = base.get_submodule(name), patched.get_submodule(name)
         if isinstance(module, MultiheadAttention):
             weight, bias = source.dense_in_proj()
-            weight = weight.detach().to(torch.float32).clone()
-            for t in targets:
-                weight[t.rows[0] : t.rows[1]] += deltas[t]
-            module.set_in_proj(weight, bias.detach())
+            weight, rows = weight.detach().to(torch.float32), {t.rows: deltas[t] for t in targets}
+            d = module.dim
+            blocks = [weight[i * d : (i + 1) * d] for i in range(3)]  # q, k, v
+            blocks = [_added(b, rows[(i * d, (i + 1) * d)]) if (i * d, (i + 1) * d) in rows else b
+                      for i, b in enumerate(blocks)]  # fmt: skip
+            module.set_in_proj(torch.cat(blocks), bias.detach())
         else:
             (t,) = targets
-            _set_linear(patched, name, _dense(source) + deltas[t])
+            _set_linear(patched, name, _added(_dense(source), deltas[t]))
     patched.forget_constants()
     patched.requires_grad_(False)
     return patched.eval()
+
+
+def _added(weight: torch.Tensor, factors: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """A new tensor ``weight + sum(up @ down)`` (``weight`` itself untouched)."""
+    (up, down), rest = factors[0], factors[1:]
+    out = torch.addmm(weight, up, down)
+    for up, down in rest:
+        out.addmm_(up, down)
+    return out
 
 
 def _dense(linear: nn.Module) -> torch.Tensor:
