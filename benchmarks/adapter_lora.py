@@ -1,7 +1,7 @@
 """What an adapter LoRA costs: merging it into a patched copy, the copy's first forward (which packs its new
 weights for oneDNN on the CPU) and its steady forward, against the base adapter.
 
-Random weights of a real preset (``gemma``: 305 M parameters) and a random rank-``--rank`` LoRA on every
+Random weights of a real preset (``gemma``: 305 M parameters; ``tiny`` for a smoke run) and a random rank-``--rank`` LoRA on every
 target of the stem table (all linears and the q/k/v projections). Prints a Markdown table and writes JSON.
 
     python -m benchmarks.adapter_lora [--preset gemma] [--rank 32] [--tokens 77] [--out FILE]
@@ -20,11 +20,12 @@ import psutil
 import torch
 from safetensors.torch import save_file
 
-from lib_llmcond.adapters.llm_to_sdxl import PRESETS, LLMToSDXLAdapter
+from lib_llmcond.adapters.llm_to_sdxl import PRESETS, LLMToSDXLAdapter, LLMToSDXLConfig
 from lib_llmcond.adapters.lora import PREFIX, patch_adapter, stem_table
 from lib_llmcond.tiny.adapter import llm_to_sdxl_state_dict
 
 DEFAULT_OUT = Path(__file__).parent / "results-committed" / "adapter_lora.json"
+CONFIGS = {**PRESETS, "tiny": LLMToSDXLConfig(llm_dim=40, n_wide=1, n_narrow=1, dim=64, mlp_hidden=96)}
 
 
 def rss_mb() -> float:
@@ -32,7 +33,7 @@ def rss_mb() -> float:
 
 
 def base_adapter(preset: str) -> LLMToSDXLAdapter:
-    config = PRESETS[preset]
+    config = CONFIGS[preset]
     with torch.device("meta"):
         module = LLMToSDXLAdapter(config)
     module.load_state_dict(llm_to_sdxl_state_dict(config), assign=True)
@@ -43,7 +44,7 @@ def base_adapter(preset: str) -> LLMToSDXLAdapter:
 
 def params(preset: str) -> int:
     with torch.device("meta"):
-        return sum(t.numel() for t in LLMToSDXLAdapter(PRESETS[preset]).state_dict().values())
+        return sum(t.numel() for t in LLMToSDXLAdapter(CONFIGS[preset]).state_dict().values())
 
 
 def write_lora(adapter: LLMToSDXLAdapter, rank: int, path: Path) -> int:
@@ -66,7 +67,7 @@ def timed_forward(adapter: LLMToSDXLAdapter, hidden: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="gemma", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="gemma", choices=sorted(CONFIGS))
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=77)
     parser.add_argument("--out", default=str(DEFAULT_OUT))
