@@ -32,11 +32,18 @@ def _encode(args: argparse.Namespace) -> int:
         device=args.device,
         llm_dtype=args.llm_dtype,
         memory="keep",
+        adapter_loras=tuple(args.adapter_lora),
     )
     reports: list = []
-    cond = Engine().get_conditioning(
+    engine = Engine()
+    cond = engine.get_conditioning(
         [args.prompt], opts, width=args.width, height=args.height, is_negative=False, reports=reports
     )
+    for r in engine.adapter_lora_results(opts):
+        if r.applied:
+            print(f"adapter LoRA {r.name}: {r.modules} modules merged at {r.multiplier:g}")
+        elif r.error:
+            print(f"llmcond: {r.describe()}", file=sys.stderr)
     pooled = cond["vector"][:, :1280].clone()
     tensors = {
         "crossattn": cond["crossattn"].contiguous(),
@@ -97,6 +104,17 @@ def _run_demo(root: Path) -> None:
     engine.unload()  # the models map their files: release them before the folder goes
 
 
+def lora_arg(value: str) -> tuple[str, float]:
+    """``PATH`` or ``PATH:M`` (a path may hold colons itself, e.g. ``C:\\x.safetensors``)."""
+    path, sep, multiplier = value.rpartition(":")
+    if sep and path:
+        try:
+            return path, float(multiplier)
+        except ValueError:
+            pass
+    return value, 1.0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lib_llmcond", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--system-prompt", default=None, help="replace the reference's system prompt")
     enc.add_argument("--llm-dtype", default="auto", choices=["auto", "bfloat16", "float32"])
     enc.add_argument("--device", default="cpu")
+    enc.add_argument(
+        "--adapter-lora",
+        action="append",
+        default=[],
+        type=lora_arg,
+        metavar="PATH[:M]",
+        help="merge the lora_te_* part of this LoRA into the adapter at multiplier M (default 1); repeatable",
+    )
     enc.add_argument("--out", required=True)
     enc.set_defaults(func=_encode)
 

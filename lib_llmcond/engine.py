@@ -7,25 +7,32 @@ replaced on disk is reloaded and never mixed with cached results of the old one.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from lib_llmcond.compat import bf16_supported
 from lib_llmcond.conditioning import POOLED_DIM, make_vector, pad_blocks
-from lib_llmcond.errors import IncompatibleModelsError, LlmcondError
+from lib_llmcond.errors import IncompatibleModelsError, LlmcondError, ModelFileError
 from lib_llmcond.matmul_precision import PRECISIONS, resolve_precision
 from lib_llmcond.models import Identity, identity
 from lib_llmcond.pipeline import DEFAULT_MAPPING, EncodedText, Pipeline, PromptReport, TextOptions
+
+if TYPE_CHECKING:
+    from lib_llmcond.adapters.lora import LoraResult, PatchedAdapter
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 MEMORY_POLICIES = ("keep", "offload", "unload")
 EMPTY_NEGATIVE = ("encode", "zeros")
 REFERENCE_SIZE = 1024  # the reference workflow's fixed size conditioning
+PATCHED_ADAPTERS = 2  # LoRA-patched adapter copies kept (each about the size of its adapter)
+log = logging.getLogger("llmcond")
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class EncodeOptions:
     fixed_size: bool = False  # size conditioning fixed at 1024x1024
     emphasis_mapping: str = DEFAULT_MAPPING  # one of pipeline.MAPPINGS (README: Emphasis)
     adapter_precision: str = "auto"  # "auto" | "fp32" | "tf32": fp32 matmuls on CUDA (matmul_precision)
+    adapter_loras: tuple[tuple[str, float], ...] = ()  # (LoRA file, multiplier): lora_te_* patch the adapter
 
     def __post_init__(self) -> None:
         if self.llm_dtype not in ("auto", *DTYPES):
@@ -59,6 +67,7 @@ class EncodeOptions:
         if self.empty_negative not in EMPTY_NEGATIVE:
             raise ValueError(f"empty_negative must be one of {EMPTY_NEGATIVE}, not {self.empty_negative!r}")
         self.text_options()  # validates the text options
+        object.__setattr__(self, "adapter_loras", tuple((str(p), float(m)) for p, m in self.adapter_loras))
 
     def text_options(self) -> TextOptions:
         return TextOptions(
@@ -80,6 +89,20 @@ class TokenCount:
 
     def describe(self) -> str:
         return PromptReport(self.tokens, self.budget, self.cut, self.chunks).describe()  # type: ignore[arg-type]
+
+
+def lora_identities(opts: EncodeOptions) -> tuple[tuple[str, float], ...]:
+    """(content fingerprint, multiplier) of each adapter LoRA that does something (m != 0); a file that cannot
+    be read is keyed by its path (the patch reports it and goes on without it)."""
+    out = []
+    for path, m in opts.adapter_loras:
+        if m == 0:
+            continue
+        try:
+            out.append((identity(path).fingerprint, m))
+        except ModelFileError:
+            out.append((f"unreadable:{path}", m))
+    return tuple(out)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,6 +133,7 @@ class Engine:
         self._adapters: dict[tuple, torch.nn.Module] = {}
         self._tokenizers: dict[tuple, object] = {}
         self._cache: OrderedDict[tuple, EncodedText] = OrderedDict()
+        self._patched: OrderedDict[tuple, PatchedAdapter] = OrderedDict()  # adapters with LoRAs merged
 
     # -- registry ----------------------------------------------------------------------------------
     def _llm(self, ident: Identity, dtype: torch.dtype, device: torch.device):
@@ -148,7 +172,7 @@ class Engine:
         device = resolve_device(opts.device)
         dtype = resolve_dtype(opts.llm_dtype, device)
         llm_id, adapter_id = identity(opts.llm), identity(opts.adapter)
-        adapter = self._adapter(adapter_id, device)
+        adapter, lora_key = self._with_loras(self._adapter(adapter_id, device), adapter_id, device, opts)
         llm = self._llm(llm_id, dtype, device)
         if llm.hidden_size != adapter.llm_dim:
             raise IncompatibleModelsError(
@@ -158,8 +182,43 @@ class Engine:
                 fix="choose the adapter trained for this LLM (the info line lists compatible pairs)",
             )
         precision = resolve_precision(opts.adapter_precision, device)
-        key = (llm_id.fingerprint, adapter_id.fingerprint, str(dtype), str(device), precision)
+        key = (llm_id.fingerprint, adapter_id.fingerprint, str(dtype), str(device), precision, lora_key)
         return Pipeline(llm, adapter, precision), key
+
+    # -- adapter LoRAs (adapters/lora.py) ----------------------------------------------------------------
+    def _with_loras(
+        self, base: torch.nn.Module, adapter_id: Identity, device: torch.device, opts: EncodeOptions
+    ) -> tuple[torch.nn.Module, tuple]:
+        """``base`` with ``opts.adapter_loras`` merged (a patched copy, kept in a small LRU) and the LoRAs'
+        identity key (empty without LoRAs: the same cache entries as before)."""
+        from lib_llmcond.adapters.lora import patch_adapter
+
+        lora_key = lora_identities(opts)
+        if not lora_key:
+            return base, ()
+        key = (adapter_id, str(device), lora_key)
+        with self._lock:
+            patched = self._patched.get(key)
+            if patched is not None:
+                self._patched.move_to_end(key)
+        if patched is None:
+            patched = patch_adapter(base, [(p, m) for p, m in opts.adapter_loras if m != 0])
+            for r in patched.results:
+                if r.error:
+                    log.warning("llmcond: %s", r.describe())
+            with self._lock:
+                self._patched[key] = patched
+                while len(self._patched) > PATCHED_ADAPTERS:
+                    self._patched.popitem(last=False)
+        return patched.adapter, lora_key
+
+    def adapter_lora_results(self, opts: EncodeOptions) -> tuple[LoraResult, ...]:
+        """What became of each of ``opts.adapter_loras`` in the last encode with these options (empty when
+        none was merged yet)."""
+        key = (identity(opts.adapter), str(resolve_device(opts.device)), lora_identities(opts))
+        with self._lock:
+            patched = self._patched.get(key)
+        return patched.results if patched is not None else ()
 
     def _after_use(self, opts: EncodeOptions) -> None:
         with self._lock:
@@ -238,8 +297,11 @@ class Engine:
     def signature(self, opts: EncodeOptions) -> str:
         """A stable string naming the models' identities and every option: part of the host's cond-cache key."""
         llm_id, adapter_id = identity(opts.llm), identity(opts.adapter)
-        fields = {k: v for k, v in asdict(opts).items() if k not in ("llm", "adapter", "memory")}
-        return f"llmcond:{llm_id.short_hash}:{adapter_id.short_hash}:{sorted(fields.items())}"
+        skip = ("llm", "adapter", "memory", "adapter_loras")
+        fields = {k: v for k, v in asdict(opts).items() if k not in skip}
+        active = lora_identities(opts)
+        loras = f":{list(active)}" if active else ""
+        return f"llmcond:{llm_id.short_hash}:{adapter_id.short_hash}:{sorted(fields.items())}{loras}"
 
     def _tokenizer_and_family(self, llm_path: str):
         from lib_llmcond.encoders.llm import load_llm_tokenizer
@@ -279,6 +341,7 @@ class Engine:
         with self._lock:
             self._llms.clear()
             self._adapters.clear()
+            self._patched.clear()
             self._cache.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -25,3 +25,29 @@ def test_benchmark_harness_runs_on_tiny_models(tmp_path):
     data = json.loads(path.read_text())
     assert {"ours", "transformers"} <= set(data["gemma"]) and data["gemma"]["ours"]["encode_77_s"] > 0
     path.unlink()
+
+
+def test_adapter_lora_benchmark_runs_on_a_tiny_adapter(tmp_path):
+    out = tmp_path / "lora.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.adapter_lora",
+            "--preset",
+            "tiny",
+            "--rank",
+            "4",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert (
+        "| merge_s |" in proc.stdout and data["targets"] == 24
+    )  # 2 blocks x (q, k, v, out, mlp x2) + 12 outside and data["merge_s"] > 0

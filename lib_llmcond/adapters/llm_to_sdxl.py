@@ -121,6 +121,22 @@ class MultiheadAttention(nn.Module):
         )
         del self.in_proj_weight, self.in_proj_bias  # the packed copies replace them
 
+    def dense_in_proj(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input projection as ``nn.MultiheadAttention`` holds it ([3D, D] weight, [3D] bias; rows q, k, v),
+        packed or not."""
+        if self.in_packed is None:
+            return self.in_proj_weight, self.in_proj_bias
+        parts = list(self.in_packed.values())  # "qkv", or "q" then "kv"
+        return torch.cat([p.dense_weight() for p in parts]), torch.cat([p.bias for p in parts])
+
+    def set_in_proj(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Replace the input projection; packed again when it was packed."""
+        was_packed, self.in_packed = self.in_packed is not None, None
+        self.in_proj_weight = nn.Parameter(weight, requires_grad=False)
+        self.in_proj_bias = nn.Parameter(bias, requires_grad=False)
+        if was_packed:
+            self.pack()
+
     def qkv(self, query: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, ...]:
         d = self.dim
         if query is source:
@@ -302,6 +318,11 @@ class LLMToSDXLAdapter(Adapter):
             self._constants = (q, F.linear(queries, gate.weight[:, :d], gate.bias))
             self._constants_key = key
         return self._constants
+
+    def forget_constants(self) -> None:
+        """Drop the cache of :meth:`_query_constants` (a copy whose weights were replaced must recompute it)."""
+        self.__dict__.pop("_constants_key", None)
+        self.__dict__.pop("_constants", None)
 
     def pack_for_cpu(self) -> None:
         """Pre-pack the linears for oneDNN (``cpu_linear``) when the module computes on the CPU. The gate

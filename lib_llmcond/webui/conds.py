@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from lib_llmcond.errors import LlmcondError
-from lib_llmcond.webui import hosts, prefetch
+from lib_llmcond.webui import hosts, loras, prefetch
 from lib_llmcond.webui.precision import free_host_vram, outside_host_autocast
 from lib_llmcond.webui.state import RequestState
 
@@ -81,6 +81,8 @@ def _encode(batch: Any, state: RequestState, *, engine: Any, model: Any, host: s
             reports=reports,
             **more,
         )
+    if state.opts.adapter_loras:
+        loras.record_results(state, engine.adapter_lora_results(state.opts))
     if not negative:
         state.log.add_reports(reports)
         for r in reports:

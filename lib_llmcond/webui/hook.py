@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from lib_llmcond.webui import hosts, prefetch, state
+from lib_llmcond.webui import hosts, loras, prefetch, state
 from lib_llmcond.webui.conds import encode_batch
 
 MARK = "__llmcond_wrapped__"
@@ -75,8 +75,9 @@ def remove_all_model_hooks() -> int:
     return sum(remove_model_hook(m) for m in list(_hooked_models))
 
 
-def install_cache_key_hook(processing_cls: type) -> bool:
-    """Make our request signature part of the host's cond-cache key and activate ``p``'s state."""
+def install_cache_key_hook(processing_cls: type, *, engine: Callable[[], Any]) -> bool:
+    """Make our request signature part of the host's cond-cache key and activate ``p``'s state, with the
+    adapter LoRAs of this pass's ``extra_network_data`` (``webui/loras.py``)."""
     if _is_ours(processing_cls.__dict__.get("cached_params")):
         return False
     original = processing_cls.cached_params
@@ -84,6 +85,9 @@ def install_cache_key_hook(processing_cls: type) -> bool:
     def cached_params(self: Any, *args: Any, **kwargs: Any) -> Any:
         key = original(self, *args, **kwargs)
         current = state.of(self)
+        if current is not None:
+            network_data = args[2] if len(args) > 2 else kwargs.get("extra_network_data")
+            current = loras.for_pass(current, network_data, lambda opts: engine().signature(opts))
         state.activate(current)
         if current is None:
             return key

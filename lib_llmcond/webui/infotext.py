@@ -16,6 +16,8 @@ LLM = "llmcond LLM"
 ADAPTER = "llmcond adapter"
 TOKENS = "llmcond tokens"
 FALLBACK = "llmcond fallback"
+ADAPTER_LORAS = "llmcond adapter loras"  # merged into the adapter: "name: multiplier, ..."
+IGNORED_LORAS = "llmcond adapter loras ignored"  # "name: reason; ..."
 
 
 def _with_hash(name: str, short_hash: str) -> str:
@@ -81,6 +83,12 @@ def write_results(p: Any, state: RequestState) -> None:
         params[TOKENS] = worst.describe()
     if state.log.fallback:
         params[FALLBACK] = f"CLIP used: {state.log.fallback}"
+    with state.log.lock:
+        applied, ignored = dict(state.log.loras_applied), dict(state.log.loras_ignored)
+    if applied:
+        params[ADAPTER_LORAS] = ", ".join(f"{name}: {m:g}" for name, m in applied.items())
+    if ignored:
+        params[IGNORED_LORAS] = "; ".join(f"{name}: {reason}" for name, reason in ignored.items())
 
 
 def enabled_from(params: dict) -> bool:

@@ -59,7 +59,7 @@ class Runtime:
     def install(self) -> None:
         processing = hosts.host_module("modules.processing")
         if processing is not None:
-            hook.install_cache_key_hook(processing.StableDiffusionProcessing)
+            hook.install_cache_key_hook(processing.StableDiffusionProcessing, engine=self.engine)
         model = self.loaded_model()
         if model is not None:
             self.install_model_hook(model)

@@ -24,10 +24,33 @@ class RequestLog:
     reports: list[Any] = field(default_factory=list)  # PromptReport per encoded positive text
     fallback: str | None = None  # the error that made us fall back to CLIP, if we did
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # adapter LoRAs (webui/loras.py): file -> the host's name, name -> multiplier merged, name -> why ignored
+    lora_names: dict[str, str] = field(default_factory=dict)
+    loras_applied: dict[str, float] = field(default_factory=dict)
+    loras_ignored: dict[str, str] = field(default_factory=dict)
 
     def add_reports(self, reports: list[Any]) -> None:
         with self.lock:
             self.reports.extend(reports)
+
+    def remember_lora(self, path: str, name: str) -> None:
+        with self.lock:
+            self.lora_names[path] = name
+
+    def lora_name(self, path: str) -> str | None:
+        with self.lock:
+            return self.lora_names.get(path)
+
+    def apply_lora(self, name: str, multiplier: float) -> None:
+        with self.lock:
+            self.loras_applied[name] = multiplier
+
+    def note_lora(self, name: str, reason: str) -> bool:
+        """Record why ``name`` is not applied to the adapter; False if that was known already."""
+        with self.lock:
+            new = self.loras_ignored.get(name) != reason
+            self.loras_ignored[name] = reason
+            return new
 
 
 @dataclass(frozen=True)
@@ -63,5 +86,7 @@ def active() -> RequestState | None:
 
 
 def deactivate_if(state: RequestState | None) -> None:
-    if active() is state:
+    """Deactivate ``state`` or a state derived from it for one pass (same log: webui/loras.py)."""
+    current = active()
+    if current is state or (current is not None and state is not None and current.log is state.log):
         _local.state = None

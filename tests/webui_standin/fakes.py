@@ -40,6 +40,8 @@ class StandInOptions:
     llm_dtype: str = "auto"
     memory: str = "offload"
     fixed_size: bool = False
+    emphasis_mapping: str = "argmax"
+    adapter_loras: tuple = ()
 
 
 def llm_cond(text: str, opts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +140,12 @@ class FakeEngine:
             reports.extend(self.count_tokens(t, opts) for t in texts)
         sizes = size_part([height, width, crop_top, crop_left, height, width]).expand(len(texts), -1)
         return {"crossattn": crossattn, "vector": torch.cat([pooled, sizes], dim=1)}
+
+    def adapter_lora_results(self, opts) -> tuple:
+        """Every adapter LoRA applied, as the real engine reports a fitting one."""
+        from lib_llmcond.adapters.lora import LoraResult
+
+        return tuple(LoraResult(path, m, modules=1) for path, m in opts.adapter_loras if m != 0)
 
     def signature(self, opts) -> str:
         return "fake:" + repr(sorted((k, v) for k, v in asdict(opts).items() if k != "memory"))

@@ -20,6 +20,8 @@
   ``StableDiffusionXL.get_learned_conditioning`` under ``torch.inference_mode`` (crop always 0), 3-slot caches,
   ``cached_params`` with the distilled-CFG field, no uncond computed at CFG scale 1, ``devices.autocast`` a no-op,
   and a ``backend`` package (which A1111 lacks).
+Both: ``modules/extra_networks.py`` and the built-in Lora extension's ``networks`` module (how each host exposes
+the active LoRAs): see the section "extra networks + Lora" below.
 
 The fake CLIP gives a deterministic [77, 2048] crossattn and a 1280 pooled per text, so "the host's own conds"
 are known exactly. Not copied: written from the public code's behaviour.
@@ -28,10 +30,13 @@ are known exactly. Not copied: written from the public code's behaviour.
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 import re
 import sys
 import types
 import zlib
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -336,11 +341,6 @@ class Options:
         self.__dict__.update(values)
 
 
-def _extra_networks(prompt: str) -> tuple[str, list[str]]:
-    found = re.findall(r"<([^:>]+:[^>]+)>", prompt)
-    return re.sub(r"<[^:>]+:[^>]+>", "", prompt), found
-
-
 @dataclass
 class Sampled:
     """What the fake sampler saw for one batch: the conds objects and the texts per image."""
@@ -420,7 +420,7 @@ class StableDiffusionProcessing:
             use_old_scheduling,
             opts.CLIP_stop_at_last_layers,
             self.host.sd_model_name,
-            tuple(extra_network_data),
+            extra_network_data,
             opts.sdxl_crop_left,
             opts.sdxl_crop_top,
             self.width,
@@ -499,18 +499,19 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
             hr_negative,
             self.steps,
             [self.cached_hr_uc, self.cached_uc],
-            self.extra_network_data,
+            self.hr_extra_network_data,
         )
         self.hr_c = self.get_conds_with_caching(
             pp.get_multicond_learned_conditioning,
             hr_prompts,
             self.steps,
             [self.cached_hr_c, self.cached_c],
-            self.extra_network_data,
+            self.hr_extra_network_data,
         )
 
     def hires(self):
         if self.enable_hr:
+            activate_extra_networks(self, self.hr_extra_network_data)
             self.calculate_hr_conds()
             self.sampled[-1].hr_c, self.sampled[-1].hr_uc = self.hr_c, self.hr_uc
 
@@ -559,10 +560,9 @@ def process_images(p) -> Processed:
         p.prompts, p.negative_prompts = p.all_prompts[sl], p.all_negative_prompts[sl]
         if hasattr(p, "all_hr_prompts"):
             p.hr_prompts, p.hr_negative_prompts = p.all_hr_prompts[sl], p.all_hr_negative_prompts[sl]
-            p.hr_prompts = [_extra_networks(x)[0] for x in p.hr_prompts]
-        parsed = [_extra_networks(x) for x in p.prompts]
-        p.prompts = [x for x, _ in parsed]
-        p.extra_network_data = [n for _, nets in parsed for n in nets]
+            p.hr_prompts, p.hr_extra_network_data = parse_prompts(p.hr_prompts)
+        p.prompts, p.extra_network_data = parse_prompts(p.prompts)
+        activate_extra_networks(p, p.extra_network_data)
         p.setup_conds()
         p.sampled.append(Sampled(p.c, p.uc, list(p.prompts), list(p.negative_prompts), p.width, p.height))
         p.hires()
@@ -575,6 +575,199 @@ def process_images(p) -> Processed:
     if p.scripts is not None:
         p.scripts.postprocess(p, processed)
     return processed
+
+
+# ============================================================================================ extra networks + Lora
+# (issue 21; a section of its own) Mirrors, in reduced form, on both flavours:
+#  - ``modules/extra_networks.py``: ``ExtraNetworkParams`` (``items``; ``positional``; ``named`` from ``k=v``;
+#    equal when the items are), ``parse_prompt`` (``<name:a:b...>`` removed, args split on ``:``),
+#    ``parse_prompts`` (the batch gets the FIRST prompt's data), ``activate`` (each registered network or alias
+#    with its params, every other registered network with ``[]``).
+#  - The built-in Lora extension (A1111 ``extensions-builtin/Lora``, Forge2 ``extensions-builtin/sd_forge_lora``):
+#    its ``networks`` module, left in ``sys.modules`` under that top-level name by the host's script loader, with
+#    ``available_networks`` / ``available_network_aliases`` / ``forbidden_network_aliases`` (a name among the
+#    forbidden aliases is looked up in ``available_networks``, others among the aliases), ``loaded_networks``,
+#    ``list_available_networks()`` (scans ``cmd_opts.lora_dir`` for .safetensors/.pt/.ckpt; name = file stem)
+#    and ``load_networks(names, te, unet, dyn)`` (unknown names rescan, then are skipped). A1111's loaded
+#    networks carry ``te_multiplier``/``unet_multiplier``/``dyn_dim``; Forge2's do not (it hands the
+#    multipliers to its patcher as ``strength_clip``/``strength_model``). ``extra_networks_lora.ExtraNetworkLora``
+#    (registered as ``lora``, alias ``lyco``) reads ``te = positional[1]`` (default 1) overridden by ``te=``,
+#    ``unet = positional[2]`` (default te) overridden by ``unet=``, ``dyn`` likewise.
+#  - processing: prompts parsed per batch (``parse_extra_network_prompts``), ``extra_networks.activate`` before
+#    ``setup_conds``, ``cached_params`` keyed by the ``extra_network_data`` dict itself; txt2img hires: the hires
+#    prompts parsed into ``hr_extra_network_data``, activated before the hires conds, which get that data.
+#  The UNet half of a LoRA is not simulated: the fake models ignore it.
+LORA_MODULES = ("modules.extra_networks", "networks")
+MODULES += LORA_MODULES
+
+
+class ExtraNetworkParams:
+    def __init__(self, items=None):
+        self.items = items or []
+        self.positional, self.named = [], {}
+        for item in self.items:
+            parts = item.split("=", 2) if isinstance(item, str) else [item]
+            if len(parts) == 2:
+                self.named[parts[0]] = parts[1]
+            else:
+                self.positional.append(item)
+
+    def __eq__(self, other):
+        return self.items == other.items
+
+
+_RE_EXTRA_NET = re.compile(r"<(\w+):([^>]+)>")
+
+
+def parse_prompt(prompt: str):
+    res: dict = defaultdict(list)
+
+    def found(m: re.Match) -> str:
+        res[m.group(1)].append(ExtraNetworkParams(items=m.group(2).split(":")))
+        return ""
+
+    return _RE_EXTRA_NET.sub(found, prompt), res
+
+
+def parse_prompts(prompts):
+    res, extra_data = [], None
+    for prompt in prompts:
+        updated, parsed = parse_prompt(prompt)
+        if extra_data is None:
+            extra_data = parsed
+        res.append(updated)
+    return res, extra_data
+
+
+@dataclass
+class NetworkOnDisk:
+    name: str
+    filename: str
+
+    @property
+    def alias(self) -> str:
+        return self.name
+
+
+class Network:
+    def __init__(self, name: str, network_on_disk: NetworkOnDisk):
+        self.name, self.network_on_disk = name, network_on_disk
+
+
+def _networks_module(host) -> types.ModuleType:
+    m = types.ModuleType("networks")
+    m.available_networks, m.available_network_aliases, m.forbidden_network_aliases = {}, {}, {}
+    m.loaded_networks = []
+
+    def list_available_networks():
+        m.available_networks.clear()
+        m.available_network_aliases.clear()
+        m.forbidden_network_aliases.clear()
+        m.forbidden_network_aliases.update({"none": 1, "addams": 1})
+        folder = host.shared.cmd_opts.lora_dir
+        for f in sorted(glob.glob(os.path.join(folder, "**", "*"), recursive=True)):
+            if os.path.splitext(f)[1].lower() not in (".safetensors", ".pt", ".ckpt"):
+                continue
+            entry = NetworkOnDisk(os.path.splitext(os.path.basename(f))[0], f)
+            m.available_networks[entry.name] = entry
+            if entry.alias in m.available_network_aliases:
+                m.forbidden_network_aliases[entry.alias.lower()] = 1
+            m.available_network_aliases[entry.name] = entry
+            m.available_network_aliases[entry.alias] = entry
+
+    def lookup(name):
+        if name.lower() in m.forbidden_network_aliases:
+            return m.available_networks.get(name)
+        return m.available_network_aliases.get(name)
+
+    def load_networks(names, te_multipliers=None, unet_multipliers=None, dyn_dims=None):
+        m.loaded_networks.clear()
+        if any(lookup(n) is None for n in names):
+            list_available_networks()
+        for i, name in enumerate(names):
+            entry = lookup(name)
+            if entry is None:
+                host.missing_networks.append(name)
+                continue
+            net = Network(name, entry)
+            if host.flavour != "forge2":
+                net.te_multiplier = te_multipliers[i] if te_multipliers else 1.0
+                net.unet_multiplier = unet_multipliers[i] if unet_multipliers else 1.0
+                net.dyn_dim = dyn_dims[i] if dyn_dims else 1.0
+            m.loaded_networks.append(net)
+
+    m.list_available_networks, m.load_networks = list_available_networks, load_networks
+    list_available_networks()
+    return m
+
+
+class ExtraNetworkLora:
+    def __init__(self, networks: types.ModuleType):
+        self.name, self.networks = "lora", networks
+
+    def activate(self, p, params_list):
+        names, te, unet, dyn = [], [], [], []
+        for params in params_list:
+            names.append(params.positional[0])
+            t = float(params.positional[1]) if len(params.positional) > 1 else 1.0
+            t = float(params.named.get("te", t))
+            u = float(params.positional[2]) if len(params.positional) > 2 else t
+            u = float(params.named.get("unet", u))
+            d = int(params.positional[3]) if len(params.positional) > 3 else None
+            d = int(params.named["dyn"]) if "dyn" in params.named else d
+            te.append(t)
+            unet.append(u)
+            dyn.append(d)
+        self.networks.load_networks(names, te, unet, dyn)
+
+
+def _extra_networks_module(host) -> types.ModuleType:
+    m = types.ModuleType("modules.extra_networks")
+    m.extra_network_registry, m.extra_network_aliases = {}, {}
+    m.ExtraNetworkParams, m.parse_prompt, m.parse_prompts = ExtraNetworkParams, parse_prompt, parse_prompts
+
+    def activate(p, extra_network_data):
+        activated = []
+        for name, args in (extra_network_data or {}).items():
+            net = m.extra_network_registry.get(name) or m.extra_network_aliases.get(name)
+            if net is None:
+                continue
+            try:
+                net.activate(p, args)
+            except Exception as e:  # the host reports and goes on
+                host.script_errors.append(("extra network", e))
+            activated.append(net)
+        for net in m.extra_network_registry.values():
+            if net not in activated:
+                net.activate(p, [])
+
+    m.activate = activate
+    return m
+
+
+def build_extra_networks(host) -> None:
+    """The host's extra-networks module, and the Lora extension as the script loader leaves it."""
+    host.shared.cmd_opts.lora_dir = os.path.join(host.models_path, "Lora")
+    host.missing_networks = []
+    extra = host.modules["modules.extra_networks"] = _extra_networks_module(host)
+    networks = host.modules["networks"] = _networks_module(host)
+    lora = networks.extra_network_lora = ExtraNetworkLora(networks)  # as the extension's before_ui does
+    extra.extra_network_registry["lora"] = lora
+    if host.flavour == "a1111":  # Forge2's sd_forge_lora registers no alias
+        extra.extra_network_aliases["lyco"] = lora
+
+
+def remove_lora_extension(host) -> None:
+    """A host started without its Lora extension (``--disable-extra-extensions`` or removed)."""
+    host.modules.pop("networks", None)
+    sys.modules.pop("networks", None)
+    registry = host.modules["modules.extra_networks"]
+    registry.extra_network_registry.pop("lora", None)
+    registry.extra_network_aliases.pop("lyco", None)
+
+
+def activate_extra_networks(p, extra_network_data) -> None:
+    p.host.modules["modules.extra_networks"].activate(p, extra_network_data)
 
 
 # ---------------------------------------------------------------------------------------------- the host
@@ -676,6 +869,7 @@ class Host:
             self._module("backend", __path__=[])
             self._module("backend.diffusion_engine", __path__=[])
             self._module("backend.memory_management", free_memory=lambda nbytes, device: None)
+        build_extra_networks(self)
 
     def _a1111_autocast(self):
         return _manual_cast() if self.manual_cast else torch.autocast("cpu", dtype=torch.bfloat16)
