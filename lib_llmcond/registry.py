@@ -173,11 +173,11 @@ class Registry:
         if entry.on_device:
             return  # resident (or a cache hit on a resident model): the host is never asked
         device = entry.device
-        for other in self._evictable_on(device, busy):  # our own least recently used leave first
-            free = devices.free_bytes(device)
+        for key in [e.key for e in self._evictable_on(device, busy)]:  # our least recently used leave first
+            free = devices.free_bytes(device)  # (no reference to an evicted entry may outlive its eviction)
             if free is None or free - entry.nbytes >= self._headroom(device):
                 break
-            self._evict(other)
+            self._evict(self._entries[key])
         free = devices.free_bytes(device)
         if free is not None and free < entry.nbytes:
             self.host.make_room(entry.nbytes, device)
@@ -199,11 +199,11 @@ class Registry:
             self._drop(lambda e: e is entry)
 
     def _trim_ram(self, busy: set) -> None:
-        for entry in [e for e in self._entries.values() if e.key not in busy and e.host_bytes]:
+        for key in [e.key for e in self._entries.values() if e.key not in busy and e.host_bytes]:
             available = devices.available_ram()
             if available is None or available >= RAM_MARGIN:
                 return
-            self._drop(lambda e, victim=entry: e is victim)
+            self._drop(lambda e, victim=key: e.key == victim)
 
     def _drop(self, which: Callable[[Entry], bool]) -> None:
         victims = [e for e in self._entries.values() if which(e)]

@@ -23,34 +23,39 @@ CPU = torch.device("cpu")
 
 @dataclass
 class _Slot:
-    """One distinct tensor: the parameter object (moved by ``.data =``) or the modules holding the buffer."""
+    """One distinct tensor and the modules holding it (several for tied weights)."""
 
-    param: nn.Parameter | None
-    buffer_owners: list[tuple[nn.Module, str]]
+    param: nn.Parameter | None  # None: a buffer
+    owners: list[tuple[nn.Module, str]]
 
     def get(self) -> torch.Tensor:
         if self.param is not None:
             return self.param.data
-        owner, name = self.buffer_owners[0]
+        owner, name = self.owners[0]
         return owner._buffers[name]
 
     def set(self, tensor: torch.Tensor) -> None:
-        if self.param is not None:
-            self.param.data = tensor
-        for owner, name in self.buffer_owners:
-            owner._buffers[name] = tensor
+        if self.param is None:
+            for owner, name in self.owners:
+                owner._buffers[name] = tensor
+        elif torch._has_compatible_shallow_copy_type(self.param, tensor):
+            self.param.data = tensor  # as ``Module.to`` does: the parameter object stays
+        else:  # a tensor type ``.data`` cannot take (as ``Module._apply`` does: a new parameter)
+            self.param = nn.Parameter(tensor, requires_grad=False)
+            for owner, name in self.owners:
+                owner._parameters[name] = self.param
 
 
 def _slots(module: nn.Module) -> list[_Slot]:
     params: dict[int, _Slot] = {}
     buffers: dict[int, _Slot] = {}
     for m in module.modules():
-        for p in m._parameters.values():
-            if p is not None and id(p) not in params:
-                params[id(p)] = _Slot(p, [])
+        for name, p in m._parameters.items():
+            if p is not None:
+                params.setdefault(id(p), _Slot(p, [])).owners.append((m, name))
         for name, b in m._buffers.items():
             if b is not None:
-                buffers.setdefault(id(b), _Slot(None, [])).buffer_owners.append((m, name))
+                buffers.setdefault(id(b), _Slot(None, [])).owners.append((m, name))
     return [*params.values(), *buffers.values()]
 
 
