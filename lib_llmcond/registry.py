@@ -65,7 +65,8 @@ class Standalone:
 @dataclass(eq=False)
 class Entry:
     key: Hashable
-    path: str  # the file or folder: a new identity of the same path replaces the entry
+    path: str  # the file or folder
+    version: Hashable  # its identity: a new version of the same path replaces every older one
     model: Any  # an LLM or an adapter
     module: nn.Module
     nbytes: int
@@ -107,6 +108,7 @@ class Registry:
         path: str,
         load: Callable[[], Any],
         *,
+        version: Hashable = None,
         module_of: Callable[[Any], nn.Module],
         device: torch.device,
         policy: str,
@@ -118,8 +120,8 @@ class Registry:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                self._drop(lambda e: e.path == path and e.key != key and e.key[0] == key[0])  # type: ignore[index]
-                entry = self._load(key, path, load, module_of, device, policy, busy, on_move)
+                self._drop(lambda e: e.path == path and e.version != version)  # replaced on disk: stale
+                entry = self._load(key, (path, version), load, module_of, device, policy, busy, on_move)
             self._entries.move_to_end(key)
             self._to_device(entry, busy)
             return entry.model
@@ -140,17 +142,17 @@ class Registry:
             self._drop(lambda e: True)
 
     # -- loading and placement ---------------------------------------------------------------------------
-    def _load(self, key, path, load, module_of, device, policy, busy, on_move) -> Entry:
+    def _load(self, key, source, load, module_of, device, policy, busy, on_move) -> Entry:
         model = load()
         module = module_of(model)
         nbytes = module_bytes(module)
         move = None if on_move is None else (lambda d, m=model: on_move(m, d))
         if device == CPU:
-            entry = Entry(key, path, model, module, nbytes, device, _cpu_policy(policy), None, move)
+            entry = Entry(key, *source, model, module, nbytes, device, _cpu_policy(policy), None, move)
         else:
             resolved = self._decide(policy, nbytes, device, busy)
             residency = Residency(module, host_copy=resolved == "offload")
-            entry = Entry(key, path, model, module, nbytes, device, resolved, residency, move)
+            entry = Entry(key, *source, model, module, nbytes, device, resolved, residency, move)
         self._entries[key] = entry
         self._trim_ram(busy)
         return entry

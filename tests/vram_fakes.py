@@ -43,7 +43,8 @@ class FakeCard:
         monkeypatch.setattr(devices, "capability", lambda d: (8, 9))
 
     def track(self, module: nn.Module) -> nn.Module:
-        self._modules.append(weakref.ref(module))
+        if all(m() is not module for m in self._modules):
+            self._modules.append(weakref.ref(module))
         return module
 
     def ours(self) -> int:
