@@ -7,38 +7,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from vram_fakes import FakeCard, RecordingHost, device_bytes
+from vram_fakes import FakeCard, RecordingHost, fake_forward
 
-from lib_llmcond import pipeline, registry
-from lib_llmcond.encoders.llm import LLM
+from lib_llmcond import registry
 from lib_llmcond.engine import EncodeOptions, Engine
-from lib_llmcond.pipeline import EncodedText, PromptReport
-from lib_llmcond.residency import module_bytes
 
 MB = 1 << 20
 
 
 @pytest.fixture
 def probe(monkeypatch):
-    seen: list[dict] = []
-
-    def to_device(self, device):  # LLM.to_device without Module.to (there is no CUDA here)
-        self.device = device
-        self._prefixes.clear()
-
-    def encode(self, texts, topts):
-        seen.append(
-            {
-                "texts": list(texts),
-                "llm": (str(self.llm.device), device_bytes(self.llm.model), module_bytes(self.llm.model)),
-                "adapter": (device_bytes(self.adapter), module_bytes(self.adapter)),
-            }
-        )
-        return [EncodedText(torch.zeros(308, 2048), torch.zeros(1280), PromptReport(1, 512)) for _ in texts]
-
-    monkeypatch.setattr(LLM, "to_device", to_device)
-    monkeypatch.setattr(pipeline.Pipeline, "encode", encode)
-    return seen
+    return fake_forward(monkeypatch)
 
 
 def opts(demo, **kw) -> EncodeOptions:

@@ -13,7 +13,7 @@ import weakref
 import torch
 from torch import nn
 
-from lib_llmcond import devices
+from lib_llmcond import devices, residency
 
 
 def device_bytes(module: nn.Module) -> int:
@@ -41,6 +41,13 @@ class FakeCard:
         monkeypatch.setattr(devices, "cuda_count", lambda: 2)
         monkeypatch.setattr(devices, "current_cuda_index", lambda: 0)
         monkeypatch.setattr(devices, "capability", lambda d: (8, 9))
+        build = residency.Residency.__init__
+
+        def tracked(r, module, **kw):  # every module the registry places is watched by the card
+            self.track(module)
+            build(r, module, **kw)
+
+        monkeypatch.setattr(residency.Residency, "__init__", tracked)
 
     def track(self, module: nn.Module) -> nn.Module:
         if all(m() is not module for m in self._modules):
@@ -88,3 +95,32 @@ class RecordingHost:
 
     def low_vram(self) -> bool:
         return self.low
+
+
+def fake_forward(monkeypatch) -> list[dict]:
+    """``Pipeline.encode`` records where the weights are and returns zeros; ``LLM.to_device`` skips
+    ``Module.to`` (no CUDA here). The list of records is returned."""
+    from lib_llmcond import pipeline
+    from lib_llmcond.encoders.llm import LLM
+    from lib_llmcond.pipeline import EncodedText, PromptReport
+    from lib_llmcond.residency import module_bytes
+
+    seen: list[dict] = []
+
+    def to_device(self, device):
+        self.device = device
+        self._prefixes.clear()
+
+    def encode(self, texts, topts):
+        seen.append(
+            {
+                "texts": list(texts),
+                "llm": (str(self.llm.device), device_bytes(self.llm.model), module_bytes(self.llm.model)),
+                "adapter": (device_bytes(self.adapter), module_bytes(self.adapter)),
+            }
+        )
+        return [EncodedText(torch.zeros(308, 2048), torch.zeros(1280), PromptReport(1, 512)) for _ in texts]
+
+    monkeypatch.setattr(LLM, "to_device", to_device)
+    monkeypatch.setattr(pipeline.Pipeline, "encode", encode)
+    return seen

@@ -20,6 +20,13 @@
   ``StableDiffusionXL.get_learned_conditioning`` under ``torch.inference_mode`` (crop always 0), 3-slot caches,
   ``cached_params`` with the distilled-CFG field, no uncond computed at CFG scale 1, ``devices.autocast`` a no-op,
   and a ``backend`` package (which A1111 lacks).
+``forge1``: Forge1 (lllyasviel's forge before 2.0) and Panchovix/stable-diffusion-webui-reForge main: A1111's
+  processing and sgm ``DiffusionEngine`` (``modules/sd_models_xl.py``: crop from the options, 2-slot caches) with
+  ``devices.autocast`` a no-op, ``sd_model.forge_objects`` and Forge1's ``ldm_patched`` memory management
+  (``hosts.detect_host`` finds ``ldm_patched``).
+VRAM: ``webui_standin/memory.py`` mirrors each flavour's memory manager (Forge2 ``backend.memory_management``,
+  Forge1 ``ldm_patched.modules.model_management``, A1111 ``modules.lowvram``) over ``Host.card`` (a fake card
+  from ``vram_fakes``); ``Host.sample`` loads the UNet as sampling does.
 
 The fake CLIP gives a deterministic [77, 2048] crossattn and a 1280 pooled per text, so "the host's own conds"
 are known exactly. Not copied: written from the public code's behaviour.
@@ -50,6 +57,10 @@ MODULES = (
     "backend",
     "backend.diffusion_engine",
     "backend.memory_management",
+    "modules.lowvram",
+    "ldm_patched",
+    "ldm_patched.modules",
+    "ldm_patched.modules.model_management",
 )
 
 
@@ -564,6 +575,7 @@ def process_images(p) -> Processed:
         p.prompts = [x for x, _ in parsed]
         p.extra_network_data = [n for _, nets in parsed for n in nets]
         p.setup_conds()
+        host.sample()
         p.sampled.append(Sampled(p.c, p.uc, list(p.prompts), list(p.negative_prompts), p.width, p.height))
         p.hires()
         if p.scripts is not None:
@@ -590,8 +602,10 @@ class Host:
     """Registers the stand-in modules in ``sys.modules`` (``install``) and drives them like the WebUI does."""
 
     def __init__(self, flavour: str, models_path: str):
-        assert flavour in ("a1111", "forge2")
+        assert flavour in ("a1111", "forge1", "forge2")
         self.flavour = flavour
+        self.card: Any = None  # vram_fakes.FakeCard: where the host's models take VRAM (None: no accounting)
+        self.unet_bytes, self.vae_bytes = 5 << 30, 160 << 20
         self.models_path = models_path
         self.styles = {"cinematic": ("cinematic lighting", "blurry")}
         self.sd_model_name = "sdxl_base"
@@ -632,7 +646,7 @@ class Host:
                 )
             },
         )
-        autocast = contextlib.nullcontext if self.flavour == "forge2" else self._a1111_autocast
+        autocast = contextlib.nullcontext if self.flavour != "a1111" else self._a1111_autocast
         self.devices = self._module(
             "modules.devices", autocast=autocast, device=torch.device("cpu"), torch_gc=lambda: None
         )
@@ -672,10 +686,44 @@ class Host:
         self._module("modules.sd_models", model_data=self.model_data)
         self._module("modules.paths", models_path=self.models_path)
         self._module("modules", __path__=[])
+        self._build_memory()
+
+    def _build_memory(self) -> None:
+        from webui_standin import memory
+
+        self.lowvram = self.vram = None
         if self.flavour == "forge2":
             self._module("backend", __path__=[])
             self._module("backend.diffusion_engine", __path__=[])
-            self._module("backend.memory_management", free_memory=lambda nbytes, device: None)
+            self.vram = memory.ForgeMemory(self, memory.FORGE2_INFERENCE)
+            self.modules["backend.memory_management"] = self.vram.build("backend.memory_management")
+        elif self.flavour == "forge1":
+            self._module("ldm_patched", __path__=[])
+            self._module("ldm_patched.modules", __path__=[])
+            self.vram = memory.ForgeMemory(self, memory.FORGE1_INFERENCE)
+            name = "ldm_patched.modules.model_management"
+            self.modules[name] = self.vram.build(name)
+        else:
+            self.lowvram = memory.A1111LowVram(self)
+            self.modules["modules.lowvram"] = self.lowvram.build()
+
+    def attach_card(self, card: Any) -> None:
+        """Account the host's models on ``card``: A1111 keeps its model on the card unless in a low-VRAM mode;
+        Forge loads its models when sampling."""
+        self.card = card
+        model = self.shared.sd_model
+        if self.flavour == "a1111" and not self.lowvram.is_needed(model):
+            card.others.update(unet=self.unet_bytes, vae=self.vae_bytes)
+        elif self.flavour == "a1111":
+            model.lowvram = True
+
+    def sample(self) -> None:
+        """What sampling does to VRAM: Forge loads the UNet through its manager, A1111's low-VRAM hook moves it in."""
+        model = self.shared.sd_model
+        if self.vram is not None and hasattr(model, "forge_objects"):
+            self.vram.load_models_gpu([model.forge_objects.unet])
+        elif self.lowvram is not None and getattr(model, "lowvram", False):
+            self.lowvram.send_me_to_gpu("unet", self.unet_bytes)
 
     def _a1111_autocast(self):
         return _manual_cast() if self.manual_cast else torch.autocast("cpu", dtype=torch.bfloat16)
@@ -707,6 +755,10 @@ class Host:
                 "refiner": lambda: FakeSgmSDXL(self.shared, True),
                 "sd15": lambda: FakeSD15(self.shared),
             }[kind]()
+        if self.flavour != "a1111":
+            from webui_standin.memory import ForgeObjects
+
+            model.forge_objects = ForgeObjects(self.unet_bytes, self.vae_bytes)
         self.sd_model_name = kind
         self.shared.sd_model = model
         self.model_data.sd_model = model
