@@ -77,8 +77,14 @@ def available_ram() -> int | None:
 
 
 def pin(tensor: torch.Tensor) -> torch.Tensor:
-    """A page-locked copy of a CPU tensor (so uploads can be asynchronous); the tensor itself without CUDA."""
-    return tensor.pin_memory() if torch.cuda.is_available() else tensor
+    """A page-locked copy of a CPU tensor (so uploads can be asynchronous); the tensor itself without CUDA or
+    where the system refuses to lock more memory (uploads from it are then synchronous)."""
+    if not torch.cuda.is_available():
+        return tensor
+    try:
+        return tensor.pin_memory()
+    except RuntimeError:
+        return tensor
 
 
 def upload(source: torch.Tensor, device: torch.device) -> torch.Tensor:

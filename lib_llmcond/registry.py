@@ -119,6 +119,9 @@ class Registry:
         busy = {key, *in_use}
         with self._lock:
             entry = self._entries.get(key)
+            if entry is not None and policy != "auto" and entry.policy != _policy_on(device, policy):
+                self._drop(lambda e: e is entry)  # the setting changed: placed anew under the new policy
+                entry = None
             if entry is None:
                 self._drop(lambda e: e.path == path and e.version != version)  # replaced on disk: stale
                 entry = self._load(key, (path, version), load, module_of, device, policy, busy, on_move)
@@ -148,7 +151,7 @@ class Registry:
         nbytes = module_bytes(module)
         move = None if on_move is None else (lambda d, m=model: on_move(m, d))
         if device == CPU:
-            entry = Entry(key, *source, model, module, nbytes, device, _cpu_policy(policy), None, move)
+            entry = Entry(key, *source, model, module, nbytes, device, _policy_on(device, policy), None, move)
         else:
             resolved = self._decide(policy, nbytes, device, busy)
             residency = Residency(module, host_copy=resolved == "offload")
@@ -215,5 +218,8 @@ class Registry:
             devices.empty_cache(device)
 
 
-def _cpu_policy(policy: str) -> str:
+def _policy_on(device: torch.device, policy: str) -> str:
+    """On the CPU nothing moves: every policy but ``unload`` keeps the model."""
+    if device != CPU:
+        return policy
     return "unload" if policy == "unload" else "keep"

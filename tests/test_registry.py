@@ -143,6 +143,19 @@ def test_keep_offload_unload(monkeypatch):
     assert card.ours() == 2 * MB  # the unloaded model's device memory is gone with it
 
 
+def test_a_changed_policy_places_the_model_anew(monkeypatch):
+    card = FakeCard(1024 * MB, monkeypatch)
+    reg = Registry(RecordingHost(card))
+    acquire(reg, card, "a", 2, "keep")
+    reg.release([("llm", "a")], "keep")
+    assert card.ours() == 2 * MB
+    acquire(reg, card, "a", 2, "offload")  # the user switched the setting: not kept on the card any more
+    reg.release([("llm", "a")], "offload")
+    assert card.ours() == 0 and reg.entries()[0].policy == "offload"
+    acquire(reg, card, "a", 2, "auto")  # auto keeps what was decided at load
+    assert reg.entries()[0].policy == "offload"
+
+
 def test_unload_frees_the_adapter_too(monkeypatch):
     card = FakeCard(1024 * MB, monkeypatch)
     reg = Registry(RecordingHost(card))
