@@ -216,6 +216,13 @@ class Embedder(torch.nn.Module):
         self.input_key = key
 
 
+def _load_clip(model) -> None:
+    """What the Forge flavours' own cond path does first: load the text encoders through the memory manager."""
+    objects = getattr(model, "forge_objects", None)
+    if objects is not None:
+        objects.vram.load_models_gpu([objects.clip.patcher])
+
+
 class FakeSgmSDXL(torch.nn.Module):
     """A1111's sgm DiffusionEngine as far as conds go (``sd_models_xl.get_learned_conditioning``)."""
 
@@ -233,6 +240,7 @@ class FakeSgmSDXL(torch.nn.Module):
 
     def get_learned_conditioning(self, batch):
         self.calls.append(batch)
+        _load_clip(self)  # Forge1/reForge sd_models_xl: move_clip_to_gpu()
         width = getattr(batch, "width", 1024) or 1024
         height = getattr(batch, "height", 1024) or 1024
         negative = getattr(batch, "is_negative_prompt", False)
@@ -267,6 +275,7 @@ class StableDiffusionXL(torch.nn.Module):
     @torch.inference_mode()
     def get_learned_conditioning(self, prompt):
         self.calls.append(prompt)
+        _load_clip(self)  # Forge2: memory_management.load_model_gpu(self.forge_objects.clip.patcher)
         width = getattr(prompt, "width", 1024) or 1024
         height = getattr(prompt, "height", 1024) or 1024
         negative = getattr(prompt, "is_negative_prompt", False)
@@ -711,6 +720,9 @@ class Host:
         """Account the host's models on ``card``: A1111 keeps its model on the card unless in a low-VRAM mode;
         Forge loads its models when sampling."""
         self.card = card
+        if self.vram is not None:
+            self.vram.current_loaded_models.clear()  # loaded before the card was watched
+            self.vram.loads.clear()
         model = self.shared.sd_model
         if self.flavour == "a1111" and not self.lowvram.is_needed(model):
             card.others.update(unet=self.unet_bytes, vae=self.vae_bytes)
@@ -758,7 +770,7 @@ class Host:
         if self.flavour != "a1111":
             from webui_standin.memory import ForgeObjects
 
-            model.forge_objects = ForgeObjects(self.unet_bytes, self.vae_bytes)
+            model.forge_objects = ForgeObjects(self.unet_bytes, self.vae_bytes, self.vram)
         self.sd_model_name = kind
         self.shared.sd_model = model
         self.model_data.sd_model = model

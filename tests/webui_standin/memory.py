@@ -8,7 +8,9 @@ device, keep_loaded=[])`` (from the least recently used, unloads models on ``dev
 ``get_free_memory(device) > memory_required``), ``load_models_gpu(models)`` (frees size * 1.3 + inference memory
 for a model not loaded yet), ``get_free_memory``, ``minimum_inference_memory()`` (Forge2: 1 GiB; reForge:
 0.8 GiB + its 400 MiB extra reserve), ``soft_empty_cache``; ``sd_model.forge_objects`` with ``unet`` (a
-ModelPatcher with ``model_size()``) and ``vae`` (``VAE`` holding its ``patcher``).
+ModelPatcher with ``model_size()``), ``clip`` and ``vae`` (holding their ``patcher``); the host's own cond
+path first loads the CLIP patcher (Forge1 ``sd_models_xl.get_learned_conditioning`` -> ``move_clip_to_gpu()``,
+Forge2 ``StableDiffusionXL.get_learned_conditioning`` -> ``load_model_gpu(forge_objects.clip.patcher)``).
 A1111 1.10.1 ``modules/lowvram.py``: ``module_in_gpu`` (the one part of the model on the GPU),
 ``send_everything_to_cpu()``, ``is_needed(sd_model)`` (``--lowvram``/``--medvram``/``--medvram-sdxl``); the
 UNet is moved in by a forward pre-hook when sampling (``send_me_to_gpu``); without those flags the model stays
@@ -68,6 +70,7 @@ class ForgeMemory:
         self.current_loaded_models: list[LoadedModel] = []
         self.requests: list[tuple[int, torch.device]] = []  # free_memory calls from outside the manager
         self.unloads: list[str] = []
+        self.loads: list[str] = []
         self.module: types.ModuleType | None = None
 
     def card_drop(self, name: str) -> None:
@@ -104,6 +107,7 @@ class ForgeMemory:
             if self.host.card is not None:
                 self.host.card.others[patcher.name] = patcher.model_size()
             self.current_loaded_models.insert(0, LoadedModel(self, patcher))
+            self.loads.append(patcher.name)
 
     def build(self, name: str) -> types.ModuleType:
         self.module = types.ModuleType(name)
@@ -124,10 +128,17 @@ FORGE2_INFERENCE = GiB
 FORGE1_INFERENCE = int(0.8 * GiB) + 400 * (1 << 20)
 
 
+CLIP_BYTES = 1600 << 20  # SDXL's two CLIP text encoders in fp16
+
+
 class ForgeObjects:
-    def __init__(self, unet_bytes: int, vae_bytes: int) -> None:
+    """``sd_model.forge_objects``: ``unet`` (a ModelPatcher), ``clip`` and ``vae`` (holding their ``patcher``)."""
+
+    def __init__(self, unet_bytes: int, vae_bytes: int, vram: ForgeMemory) -> None:
         self.unet = ModelPatcher("unet", unet_bytes)
         self.vae = VAE(vae_bytes)
+        self.clip = types.SimpleNamespace(patcher=ModelPatcher("clip", CLIP_BYTES))
+        self.vram = vram  # (not in the hosts: how the stand-in's cond path reaches its manager)
 
 
 class A1111LowVram:

@@ -79,7 +79,7 @@ def test_resident_llm_never_unloads_the_unet(flavour, tmp_path, monkeypatch, dem
     assert encoded == ["", "a cat", "a dog", "a bird"]  # each text once (with the empty negative): cache hits
     assert {e.policy for e in engine._models.entries()} == {"keep"}
     assert host_requests(s) == [] and gc_calls == []
-    assert "unet" in card.others and (s.host.vram is None or s.host.vram.unloads == [])
+    assert "unet" in card.others and (s.host.vram is None or "unet" not in s.host.vram.unloads)
     uploads = len(card.uploads)
     generate(s, "a fox")
     assert len(card.uploads) == uploads  # resident: nothing moves
@@ -118,11 +118,14 @@ def test_a1111_medvram_offloads_and_moves_the_unet_out_only_when_needed(tmp_path
     assert s.host.lowvram.sends == 1 and card.ours() == 0
 
 
-@pytest.mark.parametrize("low", ["LOW_VRAM", "NO_VRAM", "medvram_sdxl", "lowvram"])
+LOW_MODES = [(f, s) for f in ("forge1", "forge2") for s in ("LOW_VRAM", "NO_VRAM")] + [
+    ("a1111", flag) for flag in ("lowvram", "medvram", "medvram_sdxl")
+]
+
+
+@pytest.mark.parametrize(("flavour", "low"), LOW_MODES)
 def test_low_vram_modes_select_offload(flavour, low, tmp_path, monkeypatch, demo, cleanup):
-    forge_state = low.isupper()
-    if forge_state == (flavour == "a1111"):
-        pytest.skip("a Forge vram state on A1111 or an A1111 flag on Forge")
+    forge_state = flavour != "a1111"
     flags = {} if forge_state else {low: True}
     s, card, _, engine, _ = start(flavour, tmp_path, monkeypatch, demo, spare=100 * GiB, **flags)
     cleanup(s)
@@ -142,3 +145,15 @@ def test_forge_reserve_counts_its_models_off_the_card(tmp_path, monkeypatch, dem
         assert hm.reserve(CUDA) == inference + s.host.vae_bytes  # the UNet is on the card: already counted
         s.host.unload_scripts()
         s.host.uninstall()
+
+
+@pytest.mark.parametrize("forge", ["forge1", "forge2"])
+def test_forge_never_loads_its_clip_for_our_conds(forge, tmp_path, monkeypatch, demo, cleanup):
+    s, card, seen, _, _ = start(forge, tmp_path, monkeypatch, demo, spare=3 * GiB)
+    cleanup(s)
+    generate(s, "a cat")
+    assert (
+        seen and s.host.vram.loads == ["unet"] and "clip" not in card.others
+    )  # our hook replaced CLIP's path
+    s.txt2img(s.args(enabled=False), prompt="a cat")  # off: the host's own path loads its CLIP
+    assert s.host.vram.loads[1] == "clip"
