@@ -126,8 +126,7 @@ class Engine:
                 path=opts.adapter,
                 fix="choose the adapter trained for this LLM (the info line lists compatible pairs)",
             )
-        key = (llm_id.fingerprint, adapter_id.fingerprint, str(dtype), str(device))
-        return Pipeline(llm, adapter), key, keys
+        return Pipeline(llm, adapter), self._model_key(opts), keys
 
     def _place(self, opts: EncodeOptions, keys: list[tuple], device: torch.device, dtype: torch.dtype):
         """(adapter, llm) on ``device``: loaded on the CPU if missing (packed only to compute there)."""
