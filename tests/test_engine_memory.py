@@ -131,3 +131,42 @@ def test_out_of_memory_while_placing_frees_everything(demo, probe, monkeypatch):
     with pytest.raises(LlmcondError, match="out of GPU memory"):
         engine.encode_texts(["a cat"], opts(demo, memory="keep"))
     assert not loaded(engine)
+
+
+# -- on a real card (skipped without CUDA; run in the GPU check) ---------------------------------------------
+@pytest.mark.cuda
+def test_residency_on_a_real_card():
+    from torch import nn
+
+    from lib_llmcond.residency import CPU, Residency
+
+    m = nn.Sequential(nn.Linear(256, 256), nn.LayerNorm(256)).requires_grad_(False)
+    x = torch.randn(3, 256)
+    want = m(x)
+    r = Residency(m, host_copy=True)
+    assert all(p.is_pinned() for p in m.parameters())
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    r.to(torch.device("cuda", torch.cuda.current_device()))
+    got = m(x.cuda()).cpu()
+    assert torch.allclose(got, want, atol=1e-4) and torch.cuda.memory_allocated() - base >= r.nbytes
+    r.to(CPU)
+    assert torch.cuda.memory_allocated() == base and all(p.is_pinned() for p in m.parameters())
+
+
+@pytest.mark.cuda
+def test_offload_on_a_real_card_matches_the_cpu_and_leaves_the_weights_off(demo):
+    gpu = Engine()
+    o = opts(demo, device="cuda", memory="offload")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    got = gpu.get_conditioning(["a cat on a mat"], o, width=1024, height=1024)
+    want = Engine().get_conditioning(
+        ["a cat on a mat"], opts(demo, device="cpu", memory="keep"), width=1024, height=1024
+    )
+    assert torch.allclose(got["crossattn"].cpu(), want["crossattn"], atol=1e-4)
+    entries = loaded(gpu)
+    assert len(entries) == 2 and not any(e.on_device for e in entries)
+    assert all(p.is_pinned() for e in entries for p in e.module.parameters())
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() - base < max(e.nbytes for e in entries)  # the adapter is not there
