@@ -7,6 +7,8 @@ import inspect
 
 import torch
 
+from lib_llmcond import devices
+
 
 @functools.cache
 def sdpa_supports_enable_gqa() -> bool:
@@ -26,8 +28,14 @@ def has_torch_compile() -> bool:
     return hasattr(torch, "compile")
 
 
+BF16_MIN_CAPABILITY = (8, 0)  # Ampere: native bf16 tensor cores; older cards only emulate it (slowly)
+
+
 def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 matmuls run on ``device`` (always on CPU; on CUDA per device capability)."""
+    """Whether ``device`` runs bf16 natively: always on the CPU; on CUDA when *that* device (its own index, not
+    the current one) has compute capability >= 8.0. ``torch.cuda.is_bf16_supported()`` is not asked: it says
+    yes through emulation on older cards and only about the current device."""
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        index = devices.current_cuda_index() if device.index is None else device.index
+        return devices.capability(torch.device("cuda", index)) >= BF16_MIN_CAPABILITY
     return device.type == "cpu"

@@ -1,8 +1,9 @@
-"""What a host calls: loaded-model registry, LRU cache of encoded texts, SDXL conditioning dicts.
+"""What a host calls: loaded models (``registry.Registry``), LRU cache of encoded texts, SDXL conditioning dicts.
 
-Thread-safe: one lock guards the registry and the cache, another serialises model work (one LLM forward at a
-time is also what the hardware wants). Models are identified by :func:`lib_llmcond.models.identity`, so a file
-replaced on disk is reloaded and never mixed with cached results of the old one.
+Thread-safe: one lock guards the cache, another serialises model work (one LLM forward at a time is also what
+the hardware wants). Models are identified by :func:`lib_llmcond.models.identity`, so a file replaced on disk is
+reloaded and never mixed with cached results of the old one. A call whose texts are all cached touches no
+model (nothing is loaded or moved, the host is never asked for memory).
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lib_llmcond import devices
 from lib_llmcond.compat import bf16_supported
 from lib_llmcond.conditioning import POOLED_DIM, make_vector, pad_blocks
 from lib_llmcond.errors import IncompatibleModelsError, LlmcondError, ModelFileError
+from lib_llmcond.gpu_encode import placement
 from lib_llmcond.matmul_precision import PRECISIONS, resolve_precision
 from lib_llmcond.models import Identity, identity
 from lib_llmcond.pipeline import DEFAULT_MAPPING, EncodedText, Pipeline, PromptReport, TextOptions
+from lib_llmcond.registry import POLICIES, HostMemory, Registry
 
 if TYPE_CHECKING:
     from lib_llmcond.adapters.lora import LoraResult, PatchedAdapter
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-MEMORY_POLICIES = ("keep", "offload", "unload")
+MEMORY_POLICIES = POLICIES  # ("auto", "keep", "offload", "unload"): lib_llmcond/registry.py
 EMPTY_NEGATIVE = ("encode", "zeros")
 REFERENCE_SIZE = 1024  # the reference workflow's fixed size conditioning
 PATCHED_ADAPTERS = 2  # LoRA-patched adapter copies kept (each about the size of its adapter)
@@ -49,7 +53,7 @@ class EncodeOptions:
     chunk: bool = False
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     llm_dtype: str = "auto"  # "auto" | "bfloat16" | "float32"
-    memory: str = "offload"  # "keep" | "offload" | "unload"
+    memory: str = "auto"  # "auto" | "keep" | "offload" | "unload" (lib_llmcond/registry.py)
     fixed_size: bool = False  # size conditioning fixed at 1024x1024
     emphasis_mapping: str = DEFAULT_MAPPING  # one of pipeline.MAPPINGS (README: Emphasis)
     adapter_precision: str = "auto"  # "auto" | "fp32" | "tf32": fp32 matmuls on CUDA (matmul_precision)
@@ -106,14 +110,8 @@ def lora_identities(opts: EncodeOptions) -> tuple[tuple[str, float], ...]:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LlmcondError(
-            "the device 'cuda' was chosen but this torch has no CUDA device", fix="choose cpu or auto"
-        )
-    return device
+    """``auto`` -> the current CUDA device (``cuda:N``) or the CPU; ``cuda:N`` beyond the device count: an error."""
+    return devices.resolve(name)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -123,67 +121,44 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 class Engine:
-    """Loads models on demand, caches encoded texts, returns host-shaped conditioning."""
+    """Loads models on demand, caches encoded texts, returns host-shaped conditioning.
 
-    def __init__(self, cache_size: int = 64) -> None:
+    ``host`` is asked for VRAM when a load or a move onto the GPU needs it (``registry.HostMemory``)."""
+
+    def __init__(self, cache_size: int = 64, *, host: HostMemory | None = None) -> None:
         self.cache_size = cache_size
-        self._lock = threading.RLock()  # registry + cache
-        self._work = threading.RLock()  # model loading and forward passes
-        self._llms: dict[tuple, object] = {}
-        self._adapters: dict[tuple, torch.nn.Module] = {}
+        self._lock = threading.RLock()  # cache + tokenizers
+        self._work = threading.RLock()  # model loading, placement and forward passes
+        self._models = Registry(host)
         self._tokenizers: dict[tuple, object] = {}
         self._cache: OrderedDict[tuple, EncodedText] = OrderedDict()
         self._patched: OrderedDict[tuple, PatchedAdapter] = OrderedDict()  # adapters with LoRAs merged
+        self._patched_at: dict[tuple, tuple] = {}  # where each patched copy's base weights were
 
     # -- registry ----------------------------------------------------------------------------------
-    def _llm(self, ident: Identity, dtype: torch.dtype, device: torch.device):
-        from lib_llmcond.encoders.llm import load_llm
-
-        key = (ident, dtype, device.type)
-        with self._lock:
-            llm = self._llms.get(key)
-        if llm is None:
-            with self._lock:  # drop stale versions of the same path (file replaced on disk)
-                for k in [k for k in self._llms if k[0].path == ident.path]:
-                    del self._llms[k]
-            llm = load_llm(Path(ident.path), dtype=dtype, device=device)
-            with self._lock:
-                self._llms[key] = llm
-        llm.to_device(device)
-        return llm
-
-    def _adapter(self, ident: Identity, device: torch.device) -> torch.nn.Module:
-        from lib_llmcond.adapters.loader import load_adapter
-
-        key = (ident, device.type)
-        with self._lock:
-            adapter = self._adapters.get(key)
-        if adapter is None:
-            with self._lock:
-                for k in [k for k in self._adapters if k[0].path == ident.path]:
-                    del self._adapters[k]
-            adapter = load_adapter(Path(ident.path), device=device)
-            with self._lock:
-                self._adapters[key] = adapter
-        return adapter
-
-    def pipeline(self, opts: EncodeOptions) -> tuple[Pipeline, tuple]:
-        """The pipeline for ``opts`` and the identity key of its models (loads what is missing)."""
+    def _acquire(self, opts: EncodeOptions) -> tuple[Pipeline, tuple, list[tuple]]:
+        """The pipeline, its cache key and the registry keys of its models (loading and placing them)."""
         device = resolve_device(opts.device)
         dtype = resolve_dtype(opts.llm_dtype, device)
         llm_id, adapter_id = identity(opts.llm), identity(opts.adapter)
-        adapter, lora_key = self._with_loras(self._adapter(adapter_id, device), adapter_id, device, opts)
-        llm = self._llm(llm_id, dtype, device)
+        keys = [("adapter", adapter_id, str(device)), ("llm", llm_id, dtype, str(device))]
+        with self._work:
+            try:
+                adapter, llm = self._place(opts, keys, device, dtype)
+            except BaseException:  # a failed call leaves nothing on the device beyond its policy
+                self._models.release(keys, opts.memory)
+                raise
         if llm.hidden_size != adapter.llm_dim:
+            self._models.release(keys, opts.memory)
             raise IncompatibleModelsError(
                 f"the adapter expects LLM hidden states of width {adapter.llm_dim}, but "
                 f"{Path(opts.llm).name} produces {llm.hidden_size}",
                 path=opts.adapter,
                 fix="choose the adapter trained for this LLM (the info line lists compatible pairs)",
             )
+        adapter, _ = self._with_loras(adapter, adapter_id, device, opts)
         precision = resolve_precision(opts.adapter_precision, device)
-        key = (llm_id.fingerprint, adapter_id.fingerprint, str(dtype), str(device), precision, lora_key)
-        return Pipeline(llm, adapter, precision), key
+        return Pipeline(llm, adapter, precision), self._model_key(opts), keys
 
     # -- adapter LoRAs (adapters/lora.py) ----------------------------------------------------------------
     def _with_loras(
@@ -197,19 +172,21 @@ class Engine:
         if not lora_key:
             return base, ()
         key = (adapter_id, str(device), lora_key)
+        where = placement(base)  # the copy shares the base's tensors: a base moved since means a new copy
         with self._lock:
             patched = self._patched.get(key)
             if patched is not None:
                 self._patched.move_to_end(key)
-        if patched is None:
+        if patched is None or self._patched_at.get(key) != where:
             patched = patch_adapter(base, [(p, m) for p, m in opts.adapter_loras if m != 0])
             for r in patched.results:
                 if r.error:
                     log.warning("llmcond: %s", r.describe())
             with self._lock:
                 self._patched[key] = patched
+                self._patched_at[key] = where
                 while len(self._patched) > PATCHED_ADAPTERS:
-                    self._patched.popitem(last=False)
+                    self._patched_at.pop(self._patched.popitem(last=False)[0], None)
         return patched.adapter, lora_key
 
     def adapter_lora_results(self, opts: EncodeOptions) -> tuple[LoraResult, ...]:
@@ -220,19 +197,54 @@ class Engine:
             patched = self._patched.get(key)
         return patched.results if patched is not None else ()
 
-    def _after_use(self, opts: EncodeOptions) -> None:
-        with self._lock:
-            if opts.memory == "unload":
-                self._llms.clear()
-            elif opts.memory == "offload":
-                for llm in self._llms.values():
-                    llm.to_device(torch.device("cpu"))
+    def _place(self, opts: EncodeOptions, keys: list[tuple], device: torch.device, dtype: torch.dtype):
+        """(adapter, llm) on ``device``: loaded on the CPU if missing (packed only to compute there)."""
+        from lib_llmcond.adapters.loader import load_adapter
+        from lib_llmcond.encoders.llm import load_llm
+
+        adapter_key, llm_key = keys
+        adapter_id, llm_id = adapter_key[1], llm_key[1]
+        pack = device.type == "cpu"
+        common = dict(device=device, policy=opts.memory)
+        adapter = self._models.acquire(
+            adapter_key,
+            adapter_id.path,
+            lambda: load_adapter(Path(adapter_id.path), device="cpu", pack=pack),
+            version=adapter_id,
+            module_of=lambda a: a,
+            in_use=[llm_key],
+            **common,
+        )
+        llm = self._models.acquire(
+            llm_key,
+            llm_id.path,
+            lambda: load_llm(Path(llm_id.path), dtype=dtype, device="cpu", pack=pack),
+            version=llm_id,
+            module_of=lambda m: m.model,
+            in_use=[adapter_key],
+            on_move=lambda m, d: m.to_device(d),
+            **common,
+        )
+        return adapter, llm
+
+    def pipeline(self, opts: EncodeOptions) -> tuple[Pipeline, tuple]:
+        """The pipeline for ``opts`` and the identity key of its models (loads what is missing)."""
+        pipe, key, _ = self._acquire(opts)
+        return pipe, key
+
+    def _model_key(self, opts: EncodeOptions) -> tuple:
+        """The cache key of ``opts``' models without loading them."""
+        device = resolve_device(opts.device)
+        dtype = resolve_dtype(opts.llm_dtype, device)
+        precision = resolve_precision(opts.adapter_precision, device)
+        ids = (identity(opts.llm).fingerprint, identity(opts.adapter).fingerprint)
+        return (*ids, str(dtype), str(device), precision, lora_identities(opts))
 
     # -- encoding ----------------------------------------------------------------------------------
     def encode_texts(self, texts: Sequence[str], opts: EncodeOptions) -> list[EncodedText]:
         """Encoded texts in order, from the cache where possible; the misses run as one batch."""
         with self._work:
-            pipe, model_key = self.pipeline(opts)
+            model_key = self._model_key(opts)
             topts = opts.text_options()
             keys = [(model_key, topts, t) for t in texts]
             with self._lock:
@@ -241,7 +253,9 @@ class Engine:
                     self._cache.move_to_end(k)
             missing = list(dict.fromkeys(k for k in keys if k not in found))
             if missing:
+                used: list[tuple] = []
                 try:
+                    pipe, _, used = self._acquire(opts)
                     fresh = pipe.encode([k[2] for k in missing], topts)
                 except torch.cuda.OutOfMemoryError as e:
                     self.unload()
@@ -250,7 +264,7 @@ class Engine:
                         fix="set llmcond's memory policy to offload/unload or choose the cpu device",
                     ) from e
                 finally:
-                    self._after_use(opts)
+                    self._models.release(used, opts.memory)
                 with self._lock:
                     for k, enc in zip(missing, fresh):
                         found[k] = enc
@@ -338,10 +352,10 @@ class Engine:
         return TokenCount(tokens=n, budget=budget, chunks=chunks, cut=cut)
 
     def unload(self) -> None:
+        """Free every model and the cache of encoded texts."""
+        with self._work:
+            self._models.clear()
         with self._lock:
-            self._llms.clear()
-            self._adapters.clear()
             self._patched.clear()
+            self._patched_at.clear()
             self._cache.clear()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()

@@ -98,11 +98,6 @@ def gather_inputs(hidden: torch.Tensor, gather: torch.Tensor) -> torch.Tensor:
     return flat[gather]
 
 
-def _placement(*modules: torch.nn.Module) -> tuple:
-    """Where every weight of ``modules`` lives now: a graph is valid only while this stays the same."""
-    return tuple(t.data_ptr() for m in modules for t in (*m.parameters(), *m.buffers()))
-
-
 INPUTS = ("ids", "mask", "pos", "gather", "positions", "keep")
 
 
@@ -126,7 +121,7 @@ def unpack(flat: torch.Tensor, p: StaticPlan) -> dict[str, torch.Tensor]:
 _FIELDS = ("input_ids", "attention_mask", "position_ids", "gather", "positions", "keep")
 
 
-def _placement(*modules: torch.nn.Module) -> tuple:
+def placement(*modules: torch.nn.Module) -> tuple:
     """Where every weight of ``modules`` lives now: a graph is valid only while this stays the same."""
     return tuple(t.data_ptr() for m in modules for t in (*m.parameters(), *m.buffers()))
 
@@ -166,12 +161,12 @@ class GraphRunner:
             return forward(llm, adapter, unpack(flat.to(device), p), p.prefix, attention)
         with self._lock:
             entry = self._graphs.get(key)
-            placement = _placement(llm.model, adapter)
-            if entry is not None and entry.placement != placement:
+            where = placement(llm.model, adapter)
+            if entry is not None and entry.placement != where:
                 del self._graphs[key]
                 entry = None
             if entry is None:
-                entry = self._capture(llm, adapter, p, flat, attention, device, placement, key)
+                entry = self._capture(llm, adapter, p, flat, attention, device, where, key)
                 if entry is None:
                     return forward(llm, adapter, unpack(flat.to(device), p), p.prefix, attention)
                 self._graphs[key] = entry
@@ -186,7 +181,7 @@ class GraphRunner:
             crossattn, pooled, attn = (None if t is None else t.clone() for t in entry.outputs)
         return AdapterOutput(crossattn, pooled, attn)  # type: ignore[arg-type]
 
-    def _capture(self, llm, adapter, p, flat, attention, device, placement, key) -> _Graph | None:
+    def _capture(self, llm, adapter, p, flat, attention, device, where, key) -> _Graph | None:
         staging = flat.pin_memory()
         static = flat.to(device)
         try:
@@ -211,7 +206,7 @@ class GraphRunner:
         copied.record()
         holds = () if state is None else (state,)
         outputs = (out.crossattn, out.pooled, out.attention)
-        return _Graph(graph, staging, static, copied, outputs, placement, holds)
+        return _Graph(graph, staging, static, copied, outputs, where, holds)
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -98,7 +98,7 @@ def test_file_replaced_while_loaded_is_reloaded(demo, tmp_path):
     os.utime(mine, ns=(st_.st_atime_ns, st_.st_mtime_ns + 2_000_000_000))
     second = encode(engine, opts(llm, mine))
     assert not torch.equal(first["crossattn"], second["crossattn"])
-    assert len(engine._adapters) == 1  # the stale adapter was dropped
+    assert [e.key[0] for e in engine._models.entries()] == ["adapter", "llm"]  # the stale adapter was dropped
 
 
 def test_non_ascii_and_symlinked_paths(engine, demo, tmp_path):
@@ -124,7 +124,7 @@ def test_simulated_out_of_memory_frees_and_reports(demo, monkeypatch):
     monkeypatch.setattr(pipeline.Pipeline, "encode", boom)
     with pytest.raises(LlmcondError, match="out of GPU memory"):
         encode(engine, opts(llm, adapter), "another prompt")
-    assert not engine._llms and not engine._adapters and not engine._cache
+    assert not engine._models.entries() and not engine._cache
     monkeypatch.undo()
     assert torch.isfinite(encode(engine, opts(llm, adapter), "another prompt")["crossattn"]).all()
 

@@ -119,8 +119,11 @@ def is_gguf(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() == ".gguf"
 
 
-def load_llm(path: str | Path, *, dtype: torch.dtype, device: str | torch.device = "cpu") -> LLM:
-    """An HF model directory or a ``.gguf`` file; the family comes from config.json or GGUF metadata."""
+def load_llm(
+    path: str | Path, *, dtype: torch.dtype, device: str | torch.device = "cpu", pack: bool = True
+) -> LLM:
+    """An HF model directory or a ``.gguf`` file; the family comes from config.json or GGUF metadata. On the CPU
+    its linears are packed for oneDNN unless ``pack`` is False (a model loaded there to be moved elsewhere)."""
     path = Path(path)
     device = torch.device(device)
     if dtype == torch.float16:
@@ -144,7 +147,7 @@ def load_llm(path: str | Path, *, dtype: torch.dtype, device: str | torch.device
             path=path,
             fix="choose a folder with config.json and weights, or a .gguf file",
         )
-    if device.type == "cpu":
+    if pack and device.type == "cpu":
         pack_linears(model)
     else:
         fuse_projections(model)

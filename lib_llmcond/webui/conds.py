@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from lib_llmcond.errors import LlmcondError
 from lib_llmcond.webui import hosts, loras, prefetch
-from lib_llmcond.webui.precision import free_host_vram, outside_host_autocast
+from lib_llmcond.webui.precision import outside_host_autocast
 from lib_llmcond.webui.state import RequestState
 
 log = logging.getLogger("llmcond")
 DEFAULT_SIZE = 1024  # what the hosts use when a batch carries no size
-
-
-def _bytes_on_disk(path: str) -> int:
-    p = Path(path)
-    if p.is_file():
-        return p.stat().st_size
-    return sum(f.stat().st_size for f in p.glob("*") if f.is_file()) if p.is_dir() else 0
-
-
-def _wants_cuda(opts: Any) -> bool:
-    device = str(getattr(opts, "device", "auto"))
-    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
 def encode_batch(
@@ -59,9 +46,7 @@ def _encode(batch: Any, state: RequestState, *, engine: Any, model: Any, host: s
     height = int(getattr(batch, "height", DEFAULT_SIZE) or DEFAULT_SIZE)
     negative = bool(getattr(batch, "is_negative_prompt", False))
     top, left = hosts.crop(host_opts, host)
-    target = hosts.model_device(model)
-    if _wants_cuda(state.opts):
-        free_host_vram(host, _bytes_on_disk(state.opts.llm) + _bytes_on_disk(state.opts.adapter), target)
+    target = hosts.model_device(model)  # VRAM is asked of the host by the engine, only when a load needs it
     reports: list[Any] = []
     extra = prefetch.take() if negative else []
     more = (

@@ -1,4 +1,4 @@
-"""Run the LLM and adapter outside the host's precision tricks, after freeing host VRAM.
+"""Run the LLM and adapter outside the host's precision tricks (host VRAM: ``webui/memory.py``).
 
 A1111 computes conds inside ``devices.autocast()``: ``torch.autocast`` (fp16 on CUDA) or ``devices.manual_cast``,
 which patches ``forward`` of ``nn.Linear``, ``nn.LayerNorm`` ... globally and keeps the original as
@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-
-from lib_llmcond.webui.hosts import host_module
 
 _PATCHABLE = (
     torch.nn.Linear,
@@ -47,20 +45,3 @@ def outside_host_autocast() -> Iterator[None]:
         for cls, patched in undone.items():
             if "org_forward" in cls.__dict__:  # the host's manual_cast is still active: put its patch back
                 cls.forward = patched
-
-
-def free_host_vram(host: str, nbytes: int, device: torch.device) -> None:
-    """Ask the host to move its own models off ``device`` so ``nbytes`` fit (no-op on CPU)."""
-    if device.type != "cuda":
-        return
-    if host == "forge2":
-        mm = host_module("backend.memory_management")
-        if mm is not None and hasattr(mm, "free_memory"):
-            mm.free_memory(nbytes, device)
-    elif host == "forge1":
-        mm = host_module("ldm_patched.modules.model_management")
-        if mm is not None and hasattr(mm, "free_memory"):
-            mm.free_memory(nbytes, device)
-    devices = host_module("modules.devices")
-    if devices is not None and hasattr(devices, "torch_gc"):
-        devices.torch_gc()

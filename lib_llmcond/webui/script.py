@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from lib_llmcond.errors import LlmcondError
-from lib_llmcond.webui import api, hook, hosts, infotext, request, settings, state, templates_io, ui
+from lib_llmcond.webui import api, hook, hosts, infotext, memory, request, settings, state, templates_io, ui
 from lib_llmcond.webui import args as A
 
 log = logging.getLogger("llmcond")
@@ -31,7 +31,7 @@ class Runtime:
             if self._engine is None:
                 from lib_llmcond.engine import Engine
 
-                self._engine = Engine(cache_size=self.settings().cache_size)
+                self._engine = Engine(cache_size=self.settings().cache_size, host=memory.for_host(self.host))
             return self._engine
 
     def host_opts(self) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 SECTION = ("llmcond", "LLM text encoder (llmcond)")
-MEMORY_CHOICES = ("offload", "keep", "unload")
+MEMORY_CHOICES = ("auto", "offload", "keep", "unload")  # lib_llmcond/registry.py POLICIES
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("llmcond_llm_folders", "", "Extra LLM folders (one per line or comma-separated)"),
     Option("llmcond_adapter_folders", "", "Extra adapter folders (one per line or comma-separated)"),
     Option("llmcond_cache_size", 64, "Encoded prompts kept in memory (LRU)", "number"),
-    Option("llmcond_memory", "offload", "After encoding, the LLM is", "radio", MEMORY_CHOICES),
+    Option(
+        "llmcond_memory",
+        "auto",
+        "Between generations, the LLM and adapter are (auto: kept on the GPU while it has room beside the "
+        "WebUI's own models, else offloaded)",
+        "radio",
+        MEMORY_CHOICES,
+    ),
     Option(
         "llmcond_fallback",
         False,
@@ -43,7 +50,7 @@ class Settings:
     llm_folders: tuple[Path, ...]
     adapter_folders: tuple[Path, ...]
     cache_size: int = 64
-    memory: str = "offload"
+    memory: str = "auto"
     fallback: bool = False
     fixed_size: bool = False
 
@@ -72,7 +79,7 @@ def read(opts: Any, models_root: str | Path, cmd_opts: Any = None) -> Settings:
     adapter = default_folders(
         models_root, "adapter", [*flags_adapter, *split_folders(_get(opts, "llmcond_adapter_folders", ""))]
     )
-    memory = str(_get(opts, "llmcond_memory", "offload"))
+    memory = str(_get(opts, "llmcond_memory", "auto"))
     try:
         cache = max(0, int(_get(opts, "llmcond_cache_size", 64)))
     except (TypeError, ValueError):
@@ -81,7 +88,7 @@ def read(opts: Any, models_root: str | Path, cmd_opts: Any = None) -> Settings:
         llm_folders=tuple(llm),
         adapter_folders=tuple(adapter),
         cache_size=cache,
-        memory=memory if memory in MEMORY_CHOICES else "offload",
+        memory=memory if memory in MEMORY_CHOICES else "auto",
         fallback=bool(_get(opts, "llmcond_fallback", False)),
         fixed_size=bool(_get(opts, "llmcond_fixed_size", False)),
     )

@@ -71,7 +71,7 @@ def _stand(flavour: str, tmp_path: Path, monkeypatch, kind: str = "sdxl") -> Sta
     return Stand(host, engine, module.LlmcondScript(), model)
 
 
-@pytest.fixture(params=["a1111", "forge2"])
+@pytest.fixture(params=["a1111", "forge1", "forge2"])
 def stand(request, tmp_path, monkeypatch):
     s = _stand(request.param, tmp_path, monkeypatch)
     yield s

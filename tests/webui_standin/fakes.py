@@ -38,7 +38,7 @@ class StandInOptions:
     chunk: bool = False
     device: str = "auto"
     llm_dtype: str = "auto"
-    memory: str = "offload"
+    memory: str = "auto"
     fixed_size: bool = False
     emphasis_mapping: str = "argmax"
     adapter_loras: tuple = ()

@@ -20,6 +20,13 @@
   ``StableDiffusionXL.get_learned_conditioning`` under ``torch.inference_mode`` (crop always 0), 3-slot caches,
   ``cached_params`` with the distilled-CFG field, no uncond computed at CFG scale 1, ``devices.autocast`` a no-op,
   and a ``backend`` package (which A1111 lacks).
+``forge1``: Forge1 (lllyasviel's forge before 2.0) and Panchovix/stable-diffusion-webui-reForge main: A1111's
+  processing and sgm ``DiffusionEngine`` (``modules/sd_models_xl.py``: crop from the options, 2-slot caches) with
+  ``devices.autocast`` a no-op, ``sd_model.forge_objects`` and Forge1's ``ldm_patched`` memory management
+  (``hosts.detect_host`` finds ``ldm_patched``).
+VRAM: ``webui_standin/memory.py`` mirrors each flavour's memory manager (Forge2 ``backend.memory_management``,
+  Forge1 ``ldm_patched.modules.model_management``, A1111 ``modules.lowvram``) over ``Host.card`` (a fake card
+  from ``vram_fakes``); ``Host.sample`` loads the UNet as sampling does.
 Both: ``modules/extra_networks.py`` and the built-in Lora extension's ``networks`` module (how each host exposes
 the active LoRAs): see the section "extra networks + Lora" below.
 
@@ -55,6 +62,10 @@ MODULES = (
     "backend",
     "backend.diffusion_engine",
     "backend.memory_management",
+    "modules.lowvram",
+    "ldm_patched",
+    "ldm_patched.modules",
+    "ldm_patched.modules.model_management",
 )
 
 
@@ -210,6 +221,13 @@ class Embedder(torch.nn.Module):
         self.input_key = key
 
 
+def _load_clip(model) -> None:
+    """What the Forge flavours' own cond path does first: load the text encoders through the memory manager."""
+    objects = getattr(model, "forge_objects", None)
+    if objects is not None:
+        objects.vram.load_models_gpu([objects.clip.patcher])
+
+
 class FakeSgmSDXL(torch.nn.Module):
     """A1111's sgm DiffusionEngine as far as conds go (``sd_models_xl.get_learned_conditioning``)."""
 
@@ -227,6 +245,7 @@ class FakeSgmSDXL(torch.nn.Module):
 
     def get_learned_conditioning(self, batch):
         self.calls.append(batch)
+        _load_clip(self)  # Forge1/reForge sd_models_xl: move_clip_to_gpu()
         width = getattr(batch, "width", 1024) or 1024
         height = getattr(batch, "height", 1024) or 1024
         negative = getattr(batch, "is_negative_prompt", False)
@@ -261,6 +280,7 @@ class StableDiffusionXL(torch.nn.Module):
     @torch.inference_mode()
     def get_learned_conditioning(self, prompt):
         self.calls.append(prompt)
+        _load_clip(self)  # Forge2: memory_management.load_model_gpu(self.forge_objects.clip.patcher)
         width = getattr(prompt, "width", 1024) or 1024
         height = getattr(prompt, "height", 1024) or 1024
         negative = getattr(prompt, "is_negative_prompt", False)
@@ -564,6 +584,7 @@ def process_images(p) -> Processed:
         p.prompts, p.extra_network_data = parse_prompts(p.prompts)
         activate_extra_networks(p, p.extra_network_data)
         p.setup_conds()
+        host.sample()
         p.sampled.append(Sampled(p.c, p.uc, list(p.prompts), list(p.negative_prompts), p.width, p.height))
         p.hires()
         if p.scripts is not None:
@@ -783,8 +804,10 @@ class Host:
     """Registers the stand-in modules in ``sys.modules`` (``install``) and drives them like the WebUI does."""
 
     def __init__(self, flavour: str, models_path: str):
-        assert flavour in ("a1111", "forge2")
+        assert flavour in ("a1111", "forge1", "forge2")
         self.flavour = flavour
+        self.card: Any = None  # vram_fakes.FakeCard: where the host's models take VRAM (None: no accounting)
+        self.unet_bytes, self.vae_bytes = 5 << 30, 160 << 20
         self.models_path = models_path
         self.styles = {"cinematic": ("cinematic lighting", "blurry")}
         self.sd_model_name = "sdxl_base"
@@ -825,7 +848,7 @@ class Host:
                 )
             },
         )
-        autocast = contextlib.nullcontext if self.flavour == "forge2" else self._a1111_autocast
+        autocast = contextlib.nullcontext if self.flavour != "a1111" else self._a1111_autocast
         self.devices = self._module(
             "modules.devices", autocast=autocast, device=torch.device("cpu"), torch_gc=lambda: None
         )
@@ -865,11 +888,49 @@ class Host:
         self._module("modules.sd_models", model_data=self.model_data)
         self._module("modules.paths", models_path=self.models_path)
         self._module("modules", __path__=[])
+        self._build_memory()
+
+    def _build_memory(self) -> None:
+        from webui_standin import memory
+
+        self.lowvram = self.vram = None
         if self.flavour == "forge2":
             self._module("backend", __path__=[])
             self._module("backend.diffusion_engine", __path__=[])
-            self._module("backend.memory_management", free_memory=lambda nbytes, device: None)
+            self.vram = memory.ForgeMemory(self, memory.FORGE2_INFERENCE)
+            self.modules["backend.memory_management"] = self.vram.build("backend.memory_management")
+        elif self.flavour == "forge1":
+            self._module("ldm_patched", __path__=[])
+            self._module("ldm_patched.modules", __path__=[])
+            self.vram = memory.ForgeMemory(self, memory.FORGE1_INFERENCE)
+            name = "ldm_patched.modules.model_management"
+            self.modules[name] = self.vram.build(name)
+        else:
+            self.lowvram = memory.A1111LowVram(self)
+            self.modules["modules.lowvram"] = self.lowvram.build()
+
         build_extra_networks(self)
+
+    def attach_card(self, card: Any) -> None:
+        """Account the host's models on ``card``: A1111 keeps its model on the card unless in a low-VRAM mode;
+        Forge loads its models when sampling."""
+        self.card = card
+        if self.vram is not None:
+            self.vram.current_loaded_models.clear()  # loaded before the card was watched
+            self.vram.loads.clear()
+        model = self.shared.sd_model
+        if self.flavour == "a1111" and not self.lowvram.is_needed(model):
+            card.others.update(unet=self.unet_bytes, vae=self.vae_bytes)
+        elif self.flavour == "a1111":
+            model.lowvram = True
+
+    def sample(self) -> None:
+        """What sampling does to VRAM: Forge loads the UNet through its manager, A1111's low-VRAM hook moves it in."""
+        model = self.shared.sd_model
+        if self.vram is not None and hasattr(model, "forge_objects"):
+            self.vram.load_models_gpu([model.forge_objects.unet])
+        elif self.lowvram is not None and getattr(model, "lowvram", False):
+            self.lowvram.send_me_to_gpu("unet", self.unet_bytes)
 
     def _a1111_autocast(self):
         return _manual_cast() if self.manual_cast else torch.autocast("cpu", dtype=torch.bfloat16)
@@ -901,6 +962,10 @@ class Host:
                 "refiner": lambda: FakeSgmSDXL(self.shared, True),
                 "sd15": lambda: FakeSD15(self.shared),
             }[kind]()
+        if self.flavour != "a1111":
+            from webui_standin.memory import ForgeObjects
+
+            model.forge_objects = ForgeObjects(self.unet_bytes, self.vae_bytes, self.vram)
         self.sd_model_name = kind
         self.shared.sd_model = model
         self.model_data.sd_model = model

@@ -410,21 +410,6 @@ def test_concurrent_requests_get_their_own_conds(stand):
         assert torch.equal(cond, fakes.llm_cond(prompt, mine[0])[0])
 
 
-def test_host_vram_is_freed_through_the_host_api(stand):
-    from lib_llmcond.webui import precision
-
-    freed = []
-    if stand.host.flavour == "forge2":
-        stand.host.modules["backend.memory_management"].free_memory = lambda n, d: freed.append((n, d.type))
-    stand.host.devices.torch_gc = lambda: freed.append("gc")
-    precision.free_host_vram(stand.host.flavour, 1234, torch.device("cuda"))
-    want = [(1234, "cuda"), "gc"] if stand.host.flavour == "forge2" else ["gc"]
-    assert freed == want
-    freed.clear()
-    precision.free_host_vram(stand.host.flavour, 1234, torch.device("cpu"))
-    assert freed == []
-
-
 @pytest.mark.cuda
 def test_cuda_autocast_is_off_and_conds_land_on_the_model_device(a1111):
     a1111.host.manual_cast = False

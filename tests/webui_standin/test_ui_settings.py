@@ -30,7 +30,7 @@ def test_settings_folders_from_every_source(tmp_path):
         "/more",
     ]
     assert [str(p) for p in s.adapter_folders] == [str(tmp_path / "llm_adapters")]
-    assert (s.cache_size, s.memory, s.fallback, s.fixed_size) == (12, "offload", True, False)
+    assert (s.cache_size, s.memory, s.fallback, s.fixed_size) == (12, "auto", True, False)
     assert settings.read(None, tmp_path).fallback is False  # falling back to CLIP is off by default
 
 
@@ -88,7 +88,7 @@ def test_settings_page_registration():
     )
     settings.register(shared)
     assert set(added) == {o.key for o in settings.OPTIONS}
-    assert added["llmcond_memory"].component_args == {"choices": ["offload", "keep", "unload"]}
+    assert added["llmcond_memory"].component_args == {"choices": ["auto", "offload", "keep", "unload"]}
     assert all(i.section == settings.SECTION for i in added.values())
 
 
