@@ -152,7 +152,7 @@ def memory_policies(llm_dir: Path, adapter: Path, prompts: dict, repeats: int) -
         engine = Engine(cache_size=0)
         opts = options(llm_dir, adapter, memory=policy)
         first = once(lambda e=engine, o=opts: conds(e, [pos, neg], o))
-        row = timed(lambda e=engine, o=opts: conds(e, [pos, neg], o), max(5, repeats // 4), warmup=1)
+        row = timed(lambda e=engine, o=opts: conds(e, [pos, neg], o), 3, warmup=0)
         row["first_call_ms"] = first
         row["allocated_after_bytes"] = allocated()
         out[policy] = row
@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> None:
             r[part] = fn()
             print(f"[{key}] {part} in {time.perf_counter() - t0:.0f} s", flush=True)
         results["models"][m.name] = r
+        (out / "gpu_check.json").write_text(json.dumps(results, indent=2))  # kept if a later model fails
     (out / "gpu_check.json").write_text(json.dumps(results, indent=2))
     try:
         print(table(results))
