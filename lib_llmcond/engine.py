@@ -19,7 +19,7 @@ from lib_llmcond.compat import bf16_supported
 from lib_llmcond.conditioning import POOLED_DIM, make_vector, pad_blocks
 from lib_llmcond.errors import IncompatibleModelsError, LlmcondError
 from lib_llmcond.models import Identity, identity
-from lib_llmcond.pipeline import EncodedText, Pipeline, PromptReport, TextOptions
+from lib_llmcond.pipeline import DEFAULT_MAPPING, EncodedText, Pipeline, PromptReport, TextOptions
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 MEMORY_POLICIES = ("keep", "offload", "unload")
@@ -43,7 +43,7 @@ class EncodeOptions:
     llm_dtype: str = "auto"  # "auto" | "bfloat16" | "float32"
     memory: str = "offload"  # "keep" | "offload" | "unload"
     fixed_size: bool = False  # size conditioning fixed at 1024x1024
-    emphasis_mapping: str = "argmax"  # "argmax" | "attention" (README: Emphasis)
+    emphasis_mapping: str = DEFAULT_MAPPING  # pipeline.MAPPINGS (README: Emphasis)
 
     def __post_init__(self) -> None:
         if self.llm_dtype not in ("auto", *DTYPES):

@@ -19,6 +19,7 @@ EMPHASIS_MODES = ("None", "Ignore", "Original", "No norm")
 SYNTAXES = ("full", "weights_only")
 BREAK_MODES = ("paragraphs", "blocks")
 MAPPINGS = ("attention", "argmax")
+DEFAULT_MAPPING = "argmax"  # the UI/args/CLI default (one of MAPPINGS)
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class TextOptions:
     break_mode: str = "paragraphs"
     system_prompt: str | None = None
     chunk: bool = False
-    mapping: str = "argmax"  # how input-token weights reach output tokens (README: Emphasis)
+    mapping: str = DEFAULT_MAPPING  # how input-token weights reach output tokens (README: Emphasis)
 
     def __post_init__(self) -> None:
         for value, allowed, label in (

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from lib_llmcond.errors import LlmcondError
-from lib_llmcond.webui import hosts, prefetch
+from lib_llmcond.webui import hosts, prefetch, recall
 from lib_llmcond.webui.precision import free_host_vram, outside_host_autocast
 from lib_llmcond.webui.state import RequestState
 
@@ -49,8 +49,10 @@ def encode_batch(
         if not state.allow_fallback:
             log.error("llmcond: %s", e)
             raise
-        log.warning("llmcond: falling back to CLIP for this generation: %s", e)
+        if state.log.fallback is None:  # one line per request, not per batch
+            log.warning("llmcond: falling back to CLIP for this generation: %s", e)
         state.log.fallback = str(e)
+        recall.keep([], state.log.fallback)
         return original(batch)
 
 
@@ -81,6 +83,7 @@ def _encode(batch: Any, state: RequestState, *, engine: Any, model: Any, host: s
             reports=reports,
             **more,
         )
+    recall.keep([] if negative else reports)
     if not negative:
         state.log.add_reports(reports)
         for r in reports:

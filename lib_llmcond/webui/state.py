@@ -27,7 +27,7 @@ class RequestLog:
 
     def add_reports(self, reports: list[Any]) -> None:
         with self.lock:
-            self.reports.extend(reports)
+            self.reports.extend(r for r in reports if r not in self.reports)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class StandInOptions:
     llm_dtype: str = "auto"
     memory: str = "offload"
     fixed_size: bool = False
+    emphasis_mapping: str = "argmax"
 
 
 def llm_cond(text: str, opts) -> tuple[torch.Tensor, torch.Tensor]:

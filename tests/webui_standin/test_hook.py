@@ -452,3 +452,33 @@ def test_model_kind_table(cls, attrs, kind):
     from lib_llmcond.webui.hosts import model_kind
 
     assert model_kind(type(cls, (), attrs)()) == kind
+
+
+# -- issue 17: the host's cond cache and the infotext -------------------------------------------------------------
+def llmcond_entries(infotext: str) -> list[str]:
+    return [part for part in infotext.splitlines()[-1].split(", ") if part.startswith("llmcond")]
+
+
+def test_infotext_keys_survive_a_cond_cache_hit(stand):
+    """A1111's ``get_conds_with_caching`` answers a new generation whose ``cached_params`` are equal (the seed is
+    not part of them) from its class-level cache: our model hook is not called, the infotext stays the same."""
+    long = " ".join(["word"] * 600)
+    _, first = stand.txt2img(prompt=long, negative_prompt="ugly")
+    calls = len(stand.engine.calls)
+    _, second = stand.txt2img(prompt=long, negative_prompt="ugly")  # a new seed: nothing in the key changes
+    assert len(stand.engine.calls) == calls  # the host's cache answered
+    assert 'llmcond tokens: "600/512, cut at token 512' in second.infotexts[0]
+    assert llmcond_entries(second.infotexts[0]) == llmcond_entries(first.infotexts[0])
+    _, third = stand.txt2img(prompt="short", negative_prompt="ugly")  # a different prompt: its own report
+    assert "llmcond tokens: 1/512" in third.infotexts[0]
+
+
+def test_fallback_note_survives_a_cond_cache_hit(stand):
+    stand.host.shared.opts.llmcond_fallback = True
+    stand.engine.fail = LlmcondError("cannot load the adapter", path="x.safetensors", fix="re-download it")
+    _, first = stand.txt2img(prompt="a dog")
+    stand.engine.fail = None  # the host's cache still holds the CLIP conds of "a dog"
+    p, second = stand.txt2img(prompt="a dog")
+    assert torch.equal(first_cond(p.sampled[0])["crossattn"], fake_clip("a dog")[0])
+    assert "llmcond fallback" in second.infotexts[0]
+    assert llmcond_entries(second.infotexts[0]) == llmcond_entries(first.infotexts[0])
