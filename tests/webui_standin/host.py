@@ -21,6 +21,9 @@
   ``cached_params`` with the distilled-CFG field, no uncond computed at CFG scale 1, ``devices.autocast`` a no-op,
   and a ``backend`` package (which A1111 lacks).
 
+Issue 17 additions (sections marked "issue 17"): ``modules/api/api.py`` (``api_app``: ``init_script_args`` and
+``api_middleware``'s exception-to-status mapping).
+
 The fake CLIP gives a deterministic [77, 2048] crossattn and a 1280 pooled per text, so "the host's own conds"
 are known exactly. Not copied: written from the public code's behaviour.
 """
@@ -758,3 +761,65 @@ def _manual_cast():
             if "org_forward" in cls.__dict__:
                 cls.forward = cls.org_forward
                 del cls.org_forward
+
+
+# ---------------------------------------------------------------------------------------------- issue 17: the API
+# ``modules/api/api.py`` of A1111 1.10.1 (Forge has the same code), reduced to txt2img with always-on scripts:
+# ``init_script_args`` (the UI's default args, then ``min(slots, len(args))`` request values over them; an unknown
+# script answers 422) and ``api_middleware``'s ``handle_exception`` (an exception escaping ``process_images``
+# becomes ``JSONResponse(status_code=vars(e).get("status_code", 500))`` with ``detail`` from ``vars(e)``; all but
+# ``HTTPException`` are reported with their traceback as "API error").
+def api_app(host: Host, scripts_and_defaults: list[tuple[Any, str, list]]) -> Any:
+    """A FastAPI app with ``POST /sdapi/v1/txt2img``; ``scripts_and_defaults``: (script, title, UI default args)."""
+    import logging
+
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+    api_log = logging.getLogger("standin.api")
+
+    def handle_exception(request: Request, e: Exception) -> JSONResponse:
+        err = {
+            "error": type(e).__name__,
+            "detail": vars(e).get("detail", ""),
+            "body": vars(e).get("body", ""),
+            "errors": str(e),
+        }
+        if not isinstance(e, HTTPException):
+            api_log.error("API error: %s: %s %s", request.method, request.url, err, exc_info=True)
+        return JSONResponse(status_code=vars(e).get("status_code", 500), content=jsonable_encoder(err))
+
+    @app.middleware("http")
+    async def exception_handling(request: Request, call_next):
+        try:
+            return await call_next(request)
+        except Exception as e:
+            return handle_exception(request, e)
+
+    @app.exception_handler(Exception)
+    async def fastapi_exception_handler(request: Request, e: Exception):
+        return handle_exception(request, e)
+
+    @app.exception_handler(HTTPException)
+    async def http_exception_handler(request: Request, e: HTTPException):
+        return handle_exception(request, e)
+
+    @app.post("/sdapi/v1/txt2img")
+    def text2imgapi(body: dict) -> dict:
+        pairs = []
+        for script, title, defaults in scripts_and_defaults:
+            args = list(defaults)
+            sent = (body.get("alwayson_scripts") or {}).get(title.lower(), {})
+            for i in range(min(len(args), len(sent.get("args", [])))):
+                args[i] = sent["args"][i]
+            pairs.append((script, args))
+        unknown = set(body.get("alwayson_scripts") or {}) - {t.lower() for _, t, _ in scripts_and_defaults}
+        if unknown:
+            raise HTTPException(status_code=422, detail=f"always on script {unknown.pop()} not found")
+        gen = {k: body[k] for k in ("prompt", "negative_prompt", "n_iter", "batch_size") if k in body}
+        _, processed = host.txt2img(pairs, **gen)
+        return {"images": processed.images, "info": processed.infotexts[0]}
+
+    return app
