@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import needs
 import pytest
 import torch
 from hypothesis import given, settings
@@ -20,7 +21,7 @@ from lib_llmcond.prompt.weights import (
 
 
 def _bytelevel_tokenizer():
-    tokenizers = pytest.importorskip("tokenizers")
+    tokenizers = needs.module("tokenizers", "tokenizers")
     from tokenizers import models, pre_tokenizers, trainers
 
     tok = tokenizers.Tokenizer(models.BPE())

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import needs
 import pytest
 
-fastapi = pytest.importorskip("fastapi")
-pytest.importorskip("httpx")
+fastapi = needs.module("fastapi", "ui")
+needs.module("httpx", "ui")
 
 from fastapi.testclient import TestClient  # noqa: E402
 

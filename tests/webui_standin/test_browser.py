@@ -11,11 +11,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import needs
 import pytest
 
 pytestmark = pytest.mark.browser
-gr = pytest.importorskip("gradio")
-sync_api = pytest.importorskip("playwright.sync_api")
+gr = needs.module("gradio", "ui")
+sync_api = needs.module("playwright.sync_api", "browser")
 
 from lib_llmcond.webui import api, request, templates_io, ui  # noqa: E402
 from lib_llmcond.webui.settings import read  # noqa: E402
@@ -54,7 +55,7 @@ def wait_for(url: str, timeout: float = 30) -> None:
 @pytest.fixture
 def page_url(tmp_path, monkeypatch):
     if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (dev/extra-setup.sh installs it)")
+        needs.missing("browser", "Debian chromium is not installed (dev/extra-setup.sh installs it)")
     root = make_models(tmp_path / "models")
     monkeypatch.setattr(request, "options_class", fakes.options_class)
     monkeypatch.setattr(templates_io, "names", lambda folders=(): ["Character sheet"])
