@@ -22,7 +22,8 @@
   and a ``backend`` package (which A1111 lacks).
 
 Issue 17 additions (sections marked "issue 17"): ``modules/api/api.py`` (``api_app``: ``init_script_args`` and
-``api_middleware``'s exception-to-status mapping).
+``api_middleware``'s exception-to-status mapping); ``modules/ui_toprow.py`` + ``javascript/token-counters.js``
+(``toprow``, ``update_token_counter``, ``token_counters.js``: the prompt boxes' own token counters).
 
 The fake CLIP gives a deterministic [77, 2048] crossattn and a 1280 pooled per text, so "the host's own conds"
 are known exactly. Not copied: written from the public code's behaviour.
@@ -823,3 +824,45 @@ def api_app(host: Host, scripts_and_defaults: list[tuple[Any, str, list]]) -> An
         return {"images": processed.images, "info": processed.infotexts[0]}
 
     return app
+
+
+# ---------------------------------------------------------------------------------------------- issue 17: toprow
+# The prompt boxes' token counters of A1111 1.10.1 ``modules/ui_toprow.py`` (Forge: the same): an HTML counter
+# ``<tab>_token_counter`` / ``<tab>_negative_token_counter`` (class ``token-counter``, created invisible) and a
+# hidden button ``<tab>_token_button`` / ``<tab>_negative_token_button`` whose click runs ``ui.update_token_counter``
+# into the counter. Its CLIP count is stood in by words per 75-token chunk; ``token_counters.js`` (beside this file)
+# mirrors ``javascript/token-counters.js``. ``TOKEN_COUNTER_CSS``: the host's style.css rules for them.
+TOKEN_COUNTER_CSS = """
+.block.token-counter { position: absolute; display: inline-block; right: 1em; min-width: 0 !important;
+  width: auto; z-index: 100; top: -0.75em; }
+.block.token-counter-visible { display: block !important; }
+.block.token-counter span { border: 2px solid rgba(192,192,192,0.4) !important; border-radius: 0.4em;
+  padding: 0.1em 0.75em; }
+.block.token-counter div { display: inline; }
+"""
+
+
+def update_token_counter(text: str) -> str:
+    """``modules/ui.py`` ``update_token_counter``: ``<span ...>count/limit</span>``, limit in chunks of 75."""
+    n = len(text.split())
+    return f"<span class='gr-box gr-text-input'>{n}/{max(1, -(-n // 75)) * 75}</span>"
+
+
+def toprow(tab: str) -> dict:
+    """The prompt boxes with their counters and hidden buttons, as ``Toprow.create_prompts`` lays them out."""
+    import gradio as gr
+
+    out = {}
+    for part, box_id, counter_id in (
+        ("prompt", f"{tab}_prompt", f"{tab}_token_counter"),
+        ("negative", f"{tab}_neg_prompt", f"{tab}_negative_token_counter"),
+    ):
+        box = gr.Textbox("", label=part, elem_id=box_id, lines=3)
+        counter = gr.HTML(
+            "<span>0/75</span>", elem_id=counter_id, elem_classes=["token-counter"], visible=False
+        )
+        button_id = f"{tab}_token_button" if part == "prompt" else f"{tab}_negative_token_button"
+        button = gr.Button(visible=False, elem_id=button_id)
+        button.click(fn=update_token_counter, inputs=[box], outputs=[counter])
+        out[part] = box
+    return out
