@@ -20,6 +20,7 @@ from lib_llmcond.conditioning import POOLED_DIM, make_vector, pad_blocks
 from lib_llmcond.errors import IncompatibleModelsError, LlmcondError
 from lib_llmcond.models import Identity, identity
 from lib_llmcond.pipeline import DEFAULT_MAPPING, EncodedText, Pipeline, PromptReport, TextOptions
+from lib_llmcond.progress import QUIET, Progress
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 MEMORY_POLICIES = ("keep", "offload", "unload")
@@ -108,7 +109,7 @@ class Engine:
         self._cache: OrderedDict[tuple, EncodedText] = OrderedDict()
 
     # -- registry ----------------------------------------------------------------------------------
-    def _llm(self, ident: Identity, dtype: torch.dtype, device: torch.device):
+    def _llm(self, ident: Identity, dtype: torch.dtype, device: torch.device, progress: Progress = QUIET):
         from lib_llmcond.encoders.llm import load_llm
 
         key = (ident, dtype, device.type)
@@ -118,13 +119,14 @@ class Engine:
             with self._lock:  # drop stale versions of the same path (file replaced on disk)
                 for k in [k for k in self._llms if k[0].path == ident.path]:
                     del self._llms[k]
+            progress.say(f"loading the LLM {Path(ident.path).name} and its tokenizer", console=True)
             llm = load_llm(Path(ident.path), dtype=dtype, device=device)
             with self._lock:
                 self._llms[key] = llm
         llm.to_device(device)
         return llm
 
-    def _adapter(self, ident: Identity, device: torch.device) -> torch.nn.Module:
+    def _adapter(self, ident: Identity, device: torch.device, progress: Progress = QUIET) -> torch.nn.Module:
         from lib_llmcond.adapters.loader import load_adapter
 
         key = (ident, device.type)
@@ -134,18 +136,19 @@ class Engine:
             with self._lock:
                 for k in [k for k in self._adapters if k[0].path == ident.path]:
                     del self._adapters[k]
+            progress.say(f"loading the adapter {Path(ident.path).name}", console=True)
             adapter = load_adapter(Path(ident.path), device=device)
             with self._lock:
                 self._adapters[key] = adapter
         return adapter
 
-    def pipeline(self, opts: EncodeOptions) -> tuple[Pipeline, tuple]:
+    def pipeline(self, opts: EncodeOptions, progress: Progress = QUIET) -> tuple[Pipeline, tuple]:
         """The pipeline for ``opts`` and the identity key of its models (loads what is missing)."""
         device = resolve_device(opts.device)
         dtype = resolve_dtype(opts.llm_dtype, device)
         llm_id, adapter_id = identity(opts.llm), identity(opts.adapter)
-        adapter = self._adapter(adapter_id, device)
-        llm = self._llm(llm_id, dtype, device)
+        adapter = self._adapter(adapter_id, device, progress)
+        llm = self._llm(llm_id, dtype, device, progress)
         if llm.hidden_size != adapter.llm_dim:
             raise IncompatibleModelsError(
                 f"the adapter expects LLM hidden states of width {adapter.llm_dim}, but "
@@ -164,10 +167,13 @@ class Engine:
                     llm.to_device(torch.device("cpu"))
 
     # -- encoding ----------------------------------------------------------------------------------
-    def encode_texts(self, texts: Sequence[str], opts: EncodeOptions) -> list[EncodedText]:
-        """Encoded texts in order, from the cache where possible; the misses run as one batch."""
+    def encode_texts(
+        self, texts: Sequence[str], opts: EncodeOptions, progress: Progress = QUIET
+    ) -> list[EncodedText]:
+        """Encoded texts in order, from the cache where possible; the misses run as one batch. ``progress`` hears
+        what is loaded and encoded, and may stop the encode between rows (:class:`lib_llmcond.progress.Interrupted`)."""
         with self._work:
-            pipe, model_key = self.pipeline(opts)
+            pipe, model_key = self.pipeline(opts, progress)
             topts = opts.text_options()
             keys = [(model_key, topts, t) for t in texts]
             with self._lock:
@@ -177,7 +183,8 @@ class Engine:
             missing = list(dict.fromkeys(k for k in keys if k not in found))
             if missing:
                 try:
-                    fresh = pipe.encode([k[2] for k in missing], topts)
+                    progress.say(f"encoding {len(missing)} prompt(s) with the LLM")
+                    fresh = pipe.encode([k[2] for k in missing], topts, progress)
                 except torch.cuda.OutOfMemoryError as e:
                     self.unload()
                     raise LlmcondError(
@@ -206,6 +213,7 @@ class Engine:
         is_negative: bool = False,
         reports: list | None = None,
         prefetch: Sequence[str] = (),
+        progress: Progress = QUIET,
     ) -> dict[str, torch.Tensor]:
         """``{"crossattn": [N, T, 2048], "vector": [N, 2816]}`` for ``texts`` (fp32, CPU).
 
@@ -213,12 +221,14 @@ class Engine:
         """
         texts = list(texts)
         zero = is_negative and opts.empty_negative == "zeros" and all(t == "" for t in texts)
-        encoded = self.encode_texts(texts + [p for p in prefetch if p not in texts], opts)[: len(texts)]
+        encoded = self.encode_texts(texts + [p for p in prefetch if p not in texts], opts, progress)[
+            : len(texts)
+        ]
         if reports is not None:
             reports.extend(e.report for e in encoded)
         rows = [e.crossattn for e in encoded]
         if len({r.shape[0] for r in rows}) > 1:  # pad shorter rows with the empty prompt's block
-            crossattn = pad_blocks(rows, self.encode_texts([""], opts)[0].crossattn)
+            crossattn = pad_blocks(rows, self.encode_texts([""], opts, progress)[0].crossattn)
         else:
             crossattn = torch.stack(rows)
         pooled = torch.stack([e.pooled for e in encoded])

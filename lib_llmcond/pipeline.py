@@ -13,6 +13,7 @@ import torch
 
 from lib_llmcond.adapters.base import AdapterOutput
 from lib_llmcond.encoders.llm import LLM
+from lib_llmcond.progress import QUIET, Progress
 from lib_llmcond.text.paths import PromptTokens
 
 EMPHASIS_MODES = ("None", "Ignore", "Original", "No norm")
@@ -148,13 +149,16 @@ class Pipeline:
         return adapter_token_counter(self.text_path(opts), self.llm.tokenizer)
 
     # -- units -> adapter outputs --------------------------------------------------------------------
-    def _run(self, units: list[_Unit], opts: TextOptions) -> tuple[list[PromptTokens], list[AdapterOutput]]:
+    def _run(
+        self, units: list[_Unit], opts: TextOptions, progress: Progress = QUIET
+    ) -> tuple[list[PromptTokens], list[AdapterOutput]]:
         """Every unit through the LLM and the adapter; one :class:`AdapterOutput` (batch of 1) per unit."""
         path, tok = self.text_path(opts), self.llm.tokenizer
         rows = [path.tokenize(u.text, tok) for u in units]
         want_attention = opts.emphasis in ("Original", "No norm") and any(u.spans for u in units)
         outs: list[AdapterOutput | None] = [None] * len(rows)
         for members, pad_to in plan_batches([len(r.ids) for r in rows], self.llm.device):
+            progress.check(f"before row {members[0] + 1} of {len(rows)}")
             batch = path.batch([rows[i] for i in members], tok, pad_to=pad_to)
             hidden = self.llm.hidden_states(batch)
             inputs, mask = self._adapter_inputs(hidden, batch)
@@ -216,10 +220,10 @@ class Pipeline:
         return PromptReport(tokens=tokens, budget=self.budget, cut=cut, chunks=len(units))
 
     # -- public ---------------------------------------------------------------------------------------
-    def encode(self, texts: list[str], opts: TextOptions) -> list[EncodedText]:
+    def encode(self, texts: list[str], opts: TextOptions, progress: Progress = QUIET) -> list[EncodedText]:
         """Encode ``texts`` as one batch; returns one :class:`EncodedText` per text, in order."""
         units = [u for i, t in enumerate(texts) for u in self._units(i, t, opts)]
-        rows, outs = self._run(units, opts)
+        rows, outs = self._run(units, opts, progress)
         results = []
         for index in range(len(texts)):
             mine = [k for k, u in enumerate(units) if u.owner == index]

@@ -10,7 +10,9 @@ from typing import Any
 import torch
 
 from lib_llmcond.errors import LlmcondError
+from lib_llmcond.progress import Interrupted
 from lib_llmcond.webui import hosts, prefetch, recall
+from lib_llmcond.webui.host_progress import during_encode
 from lib_llmcond.webui.precision import free_host_vram, outside_host_autocast
 from lib_llmcond.webui.state import RequestState
 
@@ -45,6 +47,9 @@ def encode_batch(
         if state.error is not None:
             raise state.error
         return _encode(batch, state, engine=engine, model=model, host=host, host_opts=host_opts)
+    except Interrupted as e:  # the host's Interrupt button: stop, never fall back
+        log.warning("llmcond: %s", e)
+        raise
     except LlmcondError as e:
         if not state.allow_fallback:
             log.error("llmcond: %s", e)
@@ -71,7 +76,7 @@ def _encode(batch: Any, state: RequestState, *, engine: Any, model: Any, host: s
         if extra and prefetch.accepts_prefetch(engine)
         else {}
     )
-    with outside_host_autocast():
+    with outside_host_autocast(), during_encode() as progress:
         cond = engine.get_conditioning(
             list(batch),
             state.opts,
@@ -81,6 +86,7 @@ def _encode(batch: Any, state: RequestState, *, engine: Any, model: Any, host: s
             crop_left=left,
             is_negative=negative,
             reports=reports,
+            progress=progress,
             **more,
         )
     recall.keep([] if negative else reports)

@@ -23,7 +23,8 @@
 
 Issue 17 additions (sections marked "issue 17"): ``modules/api/api.py`` (``api_app``: ``init_script_args`` and
 ``api_middleware``'s exception-to-status mapping); ``modules/ui_toprow.py`` + ``javascript/token-counters.js``
-(``toprow``, ``update_token_counter``, ``token_counters.js``: the prompt boxes' own token counters).
+(``toprow``, ``update_token_counter``, ``token_counters.js``: the prompt boxes' own token counters);
+``modules/shared_state.py`` (``State.textinfo``, ``State.stopping_generation``).
 
 The fake CLIP gives a deterministic [77, 2048] crossattn and a 1280 pooled per text, so "the host's own conds"
 are known exactly. Not copied: written from the public code's behaviour.
@@ -762,6 +763,13 @@ def _manual_cast():
             if "org_forward" in cls.__dict__:
                 cls.forward = cls.org_forward
                 del cls.org_forward
+
+
+# ---------------------------------------------------------------------------------------------- issue 17: state
+# ``modules/shared_state.py`` ``State``: the progress text under the preview and "Stop generating" (finish the
+# current image, then stop; ``interrupted`` is the Interrupt button).
+State.textinfo = None
+State.stopping_generation = False
 
 
 # ---------------------------------------------------------------------------------------------- issue 17: the API
