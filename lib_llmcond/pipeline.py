@@ -47,16 +47,20 @@ class TextOptions:
 
 @dataclass
 class PromptReport:
-    """What happened to one prompt: tokens reaching the adapter, its budget, the cut, the chunk count."""
+    """What happened to one prompt: tokens reaching the adapter, its budget, the cut, how many 308-token blocks
+    it became (``chunks``: every unit encoded) and how many of them are BREAK blocks (``blocks`` mode)."""
 
     tokens: int
     budget: int
     cut: object | None = None  # prompt.chunks.CutInfo
     chunks: int = 1
+    blocks: int = 1
 
     def describe(self) -> str:
         text = f"{self.tokens}/{self.budget}"
-        if self.chunks > 1:
+        if self.blocks > 1:
+            text += f", {self.blocks} blocks"
+        if self.chunks > self.blocks:
             text += f", {self.chunks} chunks"
         if self.cut is not None:
             text += f", cut at token {self.cut.token_index} near {self.cut.snippet!r}"
@@ -217,7 +221,8 @@ class Pipeline:
 
                 offsets = row.offsets[row.adapter_start : row.adapter_end]
                 cut = cut_report(unit.text, offsets, self.budget)
-        return PromptReport(tokens=tokens, budget=self.budget, cut=cut, chunks=len(units))
+        blocks = sum(u.whole is None for u in units) + len(wholes)  # BREAK pieces, chunked or not
+        return PromptReport(tokens=tokens, budget=self.budget, cut=cut, chunks=len(units), blocks=blocks)
 
     # -- public ---------------------------------------------------------------------------------------
     def encode(self, texts: list[str], opts: TextOptions, progress: Progress = QUIET) -> list[EncodedText]:
