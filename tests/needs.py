@@ -28,7 +28,7 @@ def missing(group: str, reason: str) -> None:
         pytest.fail(
             f"{reason} (this environment must have '{group}': {ENV}={os.environ.get(ENV)})", pytrace=False
         )
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)  # also at import time, as pytest.importorskip
 
 
 def module(name: str, group: str) -> ModuleType:

@@ -22,6 +22,9 @@ def run(tmp_path: Path, require: str | None) -> subprocess.CompletedProcess:
         "import pytest\n\n@pytest.mark.oracle\ndef test_against_the_oracle():\n    pass\n\n"
         "def test_tokenizers_present():\n    import needs\n    needs.module('no_such_package_xyz', 'tokenizers')\n"
     )
+    (tmp_path / "test_gate_module.py").write_text(  # at import time, as pytest.importorskip is used
+        "import needs\n\nneeds.module('no_such_package_xyz', 'diffusers')\n\ndef test_never():\n    pass\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "LLMCOND_REQUIRE"}
     env["PYTHONPATH"] = os.pathsep.join([str(broken), str(TESTS), str(REPO)])
     if require is not None:
@@ -38,19 +41,22 @@ def run(tmp_path: Path, require: str | None) -> subprocess.CompletedProcess:
         "-c",
         str(REPO / "pyproject.toml"),
     ]
-    return subprocess.run([*cmd, "--rootdir", str(REPO), str(tmp_path / "test_gate.py")], env=env,
+    files = [str(tmp_path / "test_gate.py"), str(tmp_path / "test_gate_module.py")]
+    return subprocess.run([*cmd, "--rootdir", str(REPO), *files], env=env,
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
 
 
 def test_missing_oracles_skip_where_not_required(tmp_path):
     r = run(tmp_path, None)
-    assert r.returncode == 0 and "2 skipped" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and "3 skipped" in r.stdout, r.stdout + r.stderr
     assert "a broken install" in r.stdout  # the skip says why
 
 
 def test_missing_oracles_fail_where_required(tmp_path):
     r = run(tmp_path, "oracles,tokenizers")
-    assert r.returncode == 1 and "1 failed, 1 error" in r.stdout, r.stdout + r.stderr  # the oracle: in setup
+    assert r.returncode == 1 and "1 failed, 1 skipped, 1 error" in r.stdout, (
+        r.stdout + r.stderr
+    )  # oracle: setup
     assert "must have 'oracles'" in r.stdout and "must have 'tokenizers'" in r.stdout
 
 

@@ -24,7 +24,8 @@
 Issue 17 additions (sections marked "issue 17"): ``modules/api/api.py`` (``api_app``: ``init_script_args`` and
 ``api_middleware``'s exception-to-status mapping); ``modules/ui_toprow.py`` + ``javascript/token-counters.js``
 (``toprow``, ``update_token_counter``, ``token_counters.js``: the prompt boxes' own token counters);
-``modules/shared_state.py`` (``State.textinfo``, ``State.stopping_generation``).
+``modules/shared_state.py`` (``State.textinfo``, ``State.stopping_generation``); ``modules/ui_components.py`` +
+``javascript/inputAccordion.js`` (``ui_components_module``, ``input_accordion.js``: the header box, gradio 3.41).
 
 The fake CLIP gives a deterministic [77, 2048] crossattn and a 1280 pooled per text, so "the host's own conds"
 are known exactly. Not copied: written from the public code's behaviour.
@@ -874,3 +875,41 @@ def toprow(tab: str) -> dict:
         button.click(fn=update_token_counter, inputs=[box], outputs=[counter])
         out[part] = box
     return out
+
+
+# ---------------------------------------------------------------------------------------------- issue 17: accordion
+# ``modules/ui_components.py`` ``InputAccordion`` of A1111 1.10.1 (gradio 3.41; Forge's ``InputAccordionImpl`` on
+# gradio 4 is not reproduced: gradio 4.40 leaves invisible components out of the page): a hidden checkbox
+# ``<id>-checkbox`` whose value is the script arg, and an accordion ``<id>`` (class ``input-accordion``) that
+# ``input_accordion.js`` (beside this file; the host's inputAccordion.js) gives a visible header checkbox
+# ``<id>-visible-checkbox``. Install it as ``modules.ui_components`` with ``ui_components_module()``.
+def ui_components_module() -> types.ModuleType:
+    import gradio as gr
+
+    assert int(gr.__version__.split(".")[0]) < 4, "gradio 4 leaves the hidden checkbox out of the page"
+
+    class InputAccordion(gr.Checkbox):
+        def __init__(self, value, **kwargs):
+            self.accordion_id = kwargs.get("elem_id")
+            super().__init__(
+                value, **{**kwargs, "elem_id": f"{self.accordion_id}-checkbox", "visible": False}
+            )
+            code = 'function(checked){ inputAccordionChecked("' + self.accordion_id + '", checked); }'
+            self.change(fn=None, inputs=[self], _js=code)
+            self.accordion = gr.Accordion(
+                **{**kwargs, "elem_id": self.accordion_id, "elem_classes": ["input-accordion"], "open": value}
+            )
+
+        def __enter__(self):
+            self.accordion.__enter__()
+            return self
+
+        def __exit__(self, exc_type, exc_val, exc_tb):
+            self.accordion.__exit__(exc_type, exc_val, exc_tb)
+
+        def get_block_name(self):
+            return "checkbox"
+
+    m = types.ModuleType("modules.ui_components")
+    m.InputAccordion = InputAccordion
+    return m
