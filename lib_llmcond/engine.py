@@ -26,6 +26,7 @@ from lib_llmcond.gpu_encode import placement
 from lib_llmcond.matmul_precision import PRECISIONS, resolve_precision
 from lib_llmcond.models import Identity, identity
 from lib_llmcond.pipeline import DEFAULT_MAPPING, EncodedText, Pipeline, PromptReport, TextOptions
+from lib_llmcond.progress import QUIET, Progress
 from lib_llmcond.registry import POLICIES, HostMemory, Registry
 
 if TYPE_CHECKING:
@@ -136,7 +137,9 @@ class Engine:
         self._patched_at: dict[tuple, tuple] = {}  # where each patched copy's base weights were
 
     # -- registry ----------------------------------------------------------------------------------
-    def _acquire(self, opts: EncodeOptions) -> tuple[Pipeline, tuple, list[tuple]]:
+    def _acquire(
+        self, opts: EncodeOptions, progress: Progress = QUIET
+    ) -> tuple[Pipeline, tuple, list[tuple]]:
         """The pipeline, its cache key and the registry keys of its models (loading and placing them)."""
         device = resolve_device(opts.device)
         dtype = resolve_dtype(opts.llm_dtype, device)
@@ -144,7 +147,7 @@ class Engine:
         keys = [("adapter", adapter_id, str(device)), ("llm", llm_id, dtype, str(device))]
         with self._work:
             try:
-                adapter, llm = self._place(opts, keys, device, dtype)
+                adapter, llm = self._place(opts, keys, device, dtype, progress)
             except BaseException:  # a failed call leaves nothing on the device beyond its policy
                 self._models.release(keys, opts.memory)
                 raise
@@ -197,10 +200,24 @@ class Engine:
             patched = self._patched.get(key)
         return patched.results if patched is not None else ()
 
-    def _place(self, opts: EncodeOptions, keys: list[tuple], device: torch.device, dtype: torch.dtype):
+    def _place(
+        self,
+        opts: EncodeOptions,
+        keys: list[tuple],
+        device: torch.device,
+        dtype: torch.dtype,
+        progress: Progress = QUIET,
+    ):
         """(adapter, llm) on ``device``: loaded on the CPU if missing (packed only to compute there)."""
         from lib_llmcond.adapters.loader import load_adapter
         from lib_llmcond.encoders.llm import load_llm
+
+        def loading(what: str, load):  # the slow first use says what it does (progress text and console)
+            def run():
+                progress.say(f"loading the {what}", console=True)
+                return load()
+
+            return run
 
         adapter_key, llm_key = keys
         adapter_id, llm_id = adapter_key[1], llm_key[1]
@@ -209,7 +226,10 @@ class Engine:
         adapter = self._models.acquire(
             adapter_key,
             adapter_id.path,
-            lambda: load_adapter(Path(adapter_id.path), device="cpu", pack=pack),
+            loading(
+                f"adapter {Path(adapter_id.path).name}",
+                lambda: load_adapter(Path(adapter_id.path), device="cpu", pack=pack),
+            ),
             version=adapter_id,
             module_of=lambda a: a,
             in_use=[llm_key],
@@ -218,7 +238,10 @@ class Engine:
         llm = self._models.acquire(
             llm_key,
             llm_id.path,
-            lambda: load_llm(Path(llm_id.path), dtype=dtype, device="cpu", pack=pack),
+            loading(
+                f"LLM {Path(llm_id.path).name} and its tokenizer",
+                lambda: load_llm(Path(llm_id.path), dtype=dtype, device="cpu", pack=pack),
+            ),
             version=llm_id,
             module_of=lambda m: m.model,
             in_use=[adapter_key],
@@ -227,9 +250,9 @@ class Engine:
         )
         return adapter, llm
 
-    def pipeline(self, opts: EncodeOptions) -> tuple[Pipeline, tuple]:
+    def pipeline(self, opts: EncodeOptions, progress: Progress = QUIET) -> tuple[Pipeline, tuple]:
         """The pipeline for ``opts`` and the identity key of its models (loads what is missing)."""
-        pipe, key, _ = self._acquire(opts)
+        pipe, key, _ = self._acquire(opts, progress)
         return pipe, key
 
     def _model_key(self, opts: EncodeOptions) -> tuple:
@@ -241,8 +264,11 @@ class Engine:
         return (*ids, str(dtype), str(device), precision, lora_identities(opts))
 
     # -- encoding ----------------------------------------------------------------------------------
-    def encode_texts(self, texts: Sequence[str], opts: EncodeOptions) -> list[EncodedText]:
-        """Encoded texts in order, from the cache where possible; the misses run as one batch."""
+    def encode_texts(
+        self, texts: Sequence[str], opts: EncodeOptions, progress: Progress = QUIET
+    ) -> list[EncodedText]:
+        """Encoded texts in order, from the cache where possible; the misses run as one batch. ``progress`` hears
+        what is loaded and encoded, and may stop the encode between rows (:class:`lib_llmcond.progress.Interrupted`)."""
         with self._work:
             model_key = self._model_key(opts)
             topts = opts.text_options()
@@ -255,8 +281,9 @@ class Engine:
             if missing:
                 used: list[tuple] = []
                 try:
-                    pipe, _, used = self._acquire(opts)
-                    fresh = pipe.encode([k[2] for k in missing], topts)
+                    pipe, _, used = self._acquire(opts, progress)
+                    progress.say(f"encoding {len(missing)} prompt(s) with the LLM")
+                    fresh = pipe.encode([k[2] for k in missing], topts, progress)
                 except torch.cuda.OutOfMemoryError as e:
                     self.unload()
                     raise LlmcondError(
@@ -285,6 +312,7 @@ class Engine:
         is_negative: bool = False,
         reports: list | None = None,
         prefetch: Sequence[str] = (),
+        progress: Progress = QUIET,
     ) -> dict[str, torch.Tensor]:
         """``{"crossattn": [N, T, 2048], "vector": [N, 2816]}`` for ``texts`` (fp32, on the encode device).
 
@@ -292,12 +320,14 @@ class Engine:
         """
         texts = list(texts)
         zero = is_negative and opts.empty_negative == "zeros" and all(t == "" for t in texts)
-        encoded = self.encode_texts(texts + [p for p in prefetch if p not in texts], opts)[: len(texts)]
+        encoded = self.encode_texts(texts + [p for p in prefetch if p not in texts], opts, progress)[
+            : len(texts)
+        ]
         if reports is not None:
             reports.extend(e.report for e in encoded)
         rows = [e.crossattn for e in encoded]
         if len({r.shape[0] for r in rows}) > 1:  # pad shorter rows with the empty prompt's block
-            crossattn = pad_blocks(rows, self.encode_texts([""], opts)[0].crossattn)
+            crossattn = pad_blocks(rows, self.encode_texts([""], opts, progress)[0].crossattn)
         else:
             crossattn = torch.stack(rows)
         pooled = torch.stack([e.pooled for e in encoded])

@@ -21,6 +21,7 @@ ADAPTER_SUBFOLDERS = ("llm_adapters",)
 ADAPTER_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 LLM_FILE_SUFFIXES = (".gguf",)
 MAX_DEPTH = 4
+LORA_SUBFOLDER = "lora"  # an LLM folder's PEFT LoRA, merged at load (encoders/lora.py): part of its identity
 _SAMPLE = 1 << 16  # bytes per fingerprint sample
 _SAMPLES_PER_FILE = 16
 
@@ -125,11 +126,16 @@ def resolve_model(name: str, folders: Sequence[str | Path], kind: str) -> Path:
     )
 
 
+def _files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
 def _weight_files(path: Path) -> list[Path]:
+    """The files that make the model: a file, or a folder's files and those of its ``lora/`` subfolder."""
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    return files
+    lora = path / LORA_SUBFOLDER
+    return _files_in(path) + (_files_in(lora) if lora.is_dir() else [])
 
 
 def _sample_file(h: hashlib._Hash, path: Path, size: int) -> None:
@@ -166,7 +172,10 @@ def identity(path: str | Path) -> Identity:
         return cached
     h = hashlib.sha256()
     for f, s in stats:
-        h.update(f"{f.name}\0{s.st_size}\0".encode())
+        name = (
+            f.name if path in (f, f.parent) else f.relative_to(path).as_posix()
+        )  # hashes as before lora/ counted
+        h.update(f"{name}\0{s.st_size}\0".encode())
         _sample_file(h, f, s.st_size)
     ident = Identity(str(path), size, mtime, h.hexdigest())
     with _identity_lock:

@@ -15,6 +15,7 @@ from lib_llmcond import gpu_encode
 from lib_llmcond.adapters.base import AdapterOutput
 from lib_llmcond.encoders.llm import LLM
 from lib_llmcond.matmul_precision import matmul_precision
+from lib_llmcond.progress import QUIET, Progress
 from lib_llmcond.prompt.weights import MAPPING_POWERS
 from lib_llmcond.text.paths import PromptTokens
 
@@ -49,16 +50,20 @@ class TextOptions:
 
 @dataclass
 class PromptReport:
-    """What happened to one prompt: tokens reaching the adapter, its budget, the cut, the chunk count."""
+    """What happened to one prompt: tokens reaching the adapter, its budget, the cut, how many 308-token blocks
+    it became (``chunks``: every unit encoded) and how many of them are BREAK blocks (``blocks`` mode)."""
 
     tokens: int
     budget: int
     cut: object | None = None  # prompt.chunks.CutInfo
     chunks: int = 1
+    blocks: int = 1
 
     def describe(self) -> str:
         text = f"{self.tokens}/{self.budget}"
-        if self.chunks > 1:
+        if self.blocks > 1:
+            text += f", {self.blocks} blocks"
+        if self.chunks > self.blocks:
             text += f", {self.chunks} chunks"
         if self.cut is not None:
             text += f", cut at token {self.cut.token_index} near {self.cut.snippet!r}"
@@ -153,14 +158,21 @@ class Pipeline:
         return adapter_token_counter(self.text_path(opts), self.llm.tokenizer)
 
     # -- units -> adapter outputs --------------------------------------------------------------------
-    def _run(self, units: list[_Unit], opts: TextOptions) -> tuple[list[PromptTokens], list[AdapterOutput]]:
+    def _run(
+        self, units: list[_Unit], opts: TextOptions, progress: Progress = QUIET
+    ) -> tuple[list[PromptTokens], list[AdapterOutput]]:
         """Every unit through the LLM and the adapter; one :class:`AdapterOutput` (batch of 1) per unit."""
         path, tok = self.text_path(opts), self.llm.tokenizer
         rows = [path.tokenize(u.text, tok) for u in units]
         want_attention = opts.emphasis in ("Original", "No norm") and any(u.spans for u in units)
         with matmul_precision(self.precision, self.llm.device):
-            static = self._run_static(rows, path, want_attention) if self.static else None
-            return rows, static if static is not None else self._run_eager(rows, path, want_attention)
+            static = None
+            if self.static:
+                progress.check(f"before encoding {len(rows)} row(s)")
+                static = self._run_static(rows, path, want_attention)
+            return rows, static if static is not None else self._run_eager(
+                rows, path, want_attention, progress
+            )
 
     def _run_static(self, rows: list[PromptTokens], path, want_attention: bool) -> list[AdapterOutput] | None:
         """All rows in one bucketed batch through :mod:`gpu_encode` (CUDA graphs); None where the layout
@@ -181,10 +193,13 @@ class Pipeline:
             outs.append(AdapterOutput(out.crossattn[k : k + 1], out.pooled[k : k + 1], attention))
         return outs
 
-    def _run_eager(self, rows: list[PromptTokens], path, want_attention: bool) -> list[AdapterOutput]:
+    def _run_eager(
+        self, rows: list[PromptTokens], path, want_attention: bool, progress: Progress = QUIET
+    ) -> list[AdapterOutput]:
         tok = self.llm.tokenizer
         outs: list[AdapterOutput | None] = [None] * len(rows)
         for members, pad_to in plan_batches([len(r.ids) for r in rows], self.llm.device):
+            progress.check(f"before row {members[0] + 1} of {len(rows)}")
             batch = path.batch([rows[i] for i in members], tok, pad_to=pad_to)
             hidden = self.llm.hidden_states(batch)
             inputs, mask = self._adapter_inputs(hidden, batch)
@@ -243,13 +258,14 @@ class Pipeline:
 
                 offsets = row.offsets[row.adapter_start : row.adapter_end]
                 cut = cut_report(unit.text, offsets, self.budget)
-        return PromptReport(tokens=tokens, budget=self.budget, cut=cut, chunks=len(units))
+        blocks = sum(u.whole is None for u in units) + len(wholes)  # BREAK pieces, chunked or not
+        return PromptReport(tokens=tokens, budget=self.budget, cut=cut, chunks=len(units), blocks=blocks)
 
     # -- public ---------------------------------------------------------------------------------------
-    def encode(self, texts: list[str], opts: TextOptions) -> list[EncodedText]:
+    def encode(self, texts: list[str], opts: TextOptions, progress: Progress = QUIET) -> list[EncodedText]:
         """Encode ``texts`` as one batch; returns one :class:`EncodedText` per text, in order."""
         units = [u for i, t in enumerate(texts) for u in self._units(i, t, opts)]
-        rows, outs = self._run(units, opts)
+        rows, outs = self._run(units, opts, progress)
         results = []
         for index in range(len(texts)):
             mine = [k for k, u in enumerate(units) if u.owner == index]

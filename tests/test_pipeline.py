@@ -145,3 +145,17 @@ def test_count_tokens_agrees_with_the_encode_report(engine, demo):
     reports = []
     cond(engine, dataclasses.replace(o, chunk=True), long_prompt(6), reports=reports)
     assert chunked.chunks == reports[0].chunks > 1 and "chunks" in chunked.describe()
+
+
+def test_reports_name_break_blocks_as_blocks_and_chunks_as_chunks(engine, demo):
+    from lib_llmcond.pipeline import PromptReport
+
+    reports = []
+    cond(engine, opts(demo, break_mode="blocks"), "a fox BREAK the snow", reports=reports)
+    assert (reports[0].blocks, reports[0].chunks) == (2, 2)
+    assert reports[0].describe().endswith(", 2 blocks") and "chunks" not in reports[0].describe()
+    reports = []
+    cond(engine, opts(demo, break_mode="blocks", chunk=True), long_prompt() + " BREAK a fox", reports=reports)
+    r = reports[0]
+    assert r.blocks == 2 and r.chunks > 2 and f", 2 blocks, {r.chunks} chunks" in r.describe()
+    assert PromptReport(612, 512, chunks=2).describe() == "612/512, 2 chunks"  # chunk mode without BREAK

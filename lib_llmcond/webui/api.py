@@ -5,6 +5,7 @@ model names resolve only to files discovered in the configured folders.
 """
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lib_llmcond.errors import LlmcondError
@@ -15,6 +16,19 @@ from lib_llmcond.webui.settings import Settings
 PREFIX = "/llmcond/v1"
 MAX_TEXT = 100_000  # characters of a prompt to count
 MAX_BODY = 1 << 20  # bytes of a request body
+DEFAULT_BUDGET = 512  # input tokens counted against when no adapter is named (the LLMToSDXLAdapter's)
+_budgets: dict[Any, int] = {}
+
+
+def adapter_budget(path: Path) -> int:
+    """The adapter's own input budget (``max_input_tokens``) from its header, cached by file identity."""
+    from lib_llmcond.adapters.loader import inspect_adapter
+    from lib_llmcond.models import identity
+
+    ident = identity(path)
+    if ident not in _budgets:
+        _budgets[ident] = int(inspect_adapter(path).max_input_tokens)
+    return _budgets[ident]
 
 
 def make_router(
@@ -42,6 +56,8 @@ def make_router(
         break_mode: Literal[A.BREAK_CHOICES] = "paragraphs"  # type: ignore[valid-type]
         chunk: StrictBool = False
         system_prompt: StrictStr = Field(A.DEFAULT_PRESET, max_length=A.MAX_NAME)
+        emphasis_syntax: Literal[A.SYNTAXES] = A.SYNTAXES[0]  # type: ignore[valid-type]
+        adapter: StrictStr = Field("", max_length=A.MAX_NAME)  # its input budget; 512 without one
 
     class TemplateRequest(BaseModel):
         name: StrictStr = Field(..., min_length=1, max_length=A.MAX_NAME)
@@ -65,26 +81,28 @@ def make_router(
 
     @router.post("/count", dependencies=[Depends(limit_body)])
     def count(req: CountRequest) -> dict:
-        from lib_llmcond.models import resolve_model
-        from lib_llmcond.webui.request import effective_emphasis, options_class, system_presets
+        from lib_llmcond.webui.request import effective_emphasis, options_class, resolve, system_presets
 
         s = get_settings()
         presets = system_presets()
         if req.system_prompt not in presets:
             raise HTTPException(status_code=422, detail=f"unknown system prompt preset {req.system_prompt!r}")
         try:
-            llm = resolve_model(req.llm, s.llm_folders, "llm")
+            llm = resolve(req.llm, s.llm_folders, "llm")
+            adapter = resolve(req.adapter, s.adapter_folders, "adapter") if req.adapter else None
             opts = options_class()(
                 llm=str(llm),
                 adapter="",
                 emphasis=effective_emphasis(req.emphasis, get_host_opts()),
+                emphasis_syntax=req.emphasis_syntax,
                 break_mode=req.break_mode,
                 system_prompt=presets[req.system_prompt],
                 chunk=req.chunk,
             )
-            n = get_engine().count_tokens(req.text, opts)
+            budget = DEFAULT_BUDGET if adapter is None else adapter_budget(adapter)
+            n = get_engine().count_tokens(req.text, opts, budget=budget)
         except LlmcondError as e:
-            raise fail(e, 404 if "no LLM named" in str(e) else 400) from None
+            raise fail(e, getattr(e, "status_code", 400)) from None
         cut = getattr(n, "cut", None)
         return {
             "tokens": n.tokens,

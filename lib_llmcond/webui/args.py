@@ -10,6 +10,7 @@ from dataclasses import dataclass, make_dataclass
 from typing import Any, Literal
 
 from lib_llmcond.errors import LlmcondError
+from lib_llmcond.pipeline import DEFAULT_MAPPING, MAPPINGS, SYNTAXES
 
 EMPHASIS_FOLLOW = "Follow WebUI"
 EMPHASIS_CHOICES = (EMPHASIS_FOLLOW, "None", "Ignore", "Original", "No norm")
@@ -20,6 +21,11 @@ DTYPE_CHOICES = ("auto", "bfloat16", "float32")
 DEFAULT_PRESET = "Default"
 MAX_NAME = 512
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d{1,2})?)$"
+
+
+def device_choices(cuda_devices: int) -> list[str]:
+    """What the device dropdown lists: ``cuda:0`` .. ``cuda:N-1`` as well when there are several GPUs."""
+    return [*DEVICE_CHOICES, *(f"cuda:{i}" for i in range(cuda_devices if cuda_devices > 1 else 0))]
 
 
 @dataclass(frozen=True)
@@ -43,14 +49,26 @@ FIELDS: tuple[Field, ...] = (
     Field("system_prompt", DEFAULT_PRESET, help="system prompt preset name"),
     Field("device", "auto", pattern=DEVICE_PATTERN, help="auto, cpu, cuda or cuda:N"),
     Field("dtype", "auto", DTYPE_CHOICES, help="LLM dtype (never fp16)"),
+    Field("emphasis_syntax", SYNTAXES[0], SYNTAXES, help="full grammar, or weights_only: only (text:1.2)"),
+    Field(
+        "emphasis_mapping", DEFAULT_MAPPING, MAPPINGS, help="how token weights reach the adapter's outputs"
+    ),
 )
 NAMES = tuple(f.name for f in FIELDS)
 DEFAULTS = {f.name: f.default for f in FIELDS}
 Args = make_dataclass("Args", [(f.name, type(f.default), f.default) for f in FIELDS], frozen=True)
 
 
+def with_status(err: Exception, status: int) -> Exception:
+    """Give ``err`` what the hosts' API error handler reads: A1111 1.10 / Forge ``api_middleware`` answers an
+    exception escaping ``process_images`` with ``vars(e).get("status_code", 500)`` and ``vars(e)["detail"]``."""
+    err.status_code = status  # type: ignore[attr-defined]
+    err.detail = str(err)  # type: ignore[attr-defined]
+    return err
+
+
 class ScriptArgsError(LlmcondError):
-    """A bad args payload. ``status_code`` makes the hosts' API answer 422 instead of 500."""
+    """A bad args payload: the hosts' API answers 422 (see :func:`with_status`)."""
 
     def __init__(self, what: str) -> None:
         super().__init__(
@@ -58,8 +76,7 @@ class ScriptArgsError(LlmcondError):
             fix=f"send alwayson_scripts {{'llmcond': {{'args': [...]}}}} with up to {len(FIELDS)} values in this "
             f"order: {', '.join(NAMES)}",
         )
-        self.status_code = 422
-        self.detail = self.message
+        with_status(self, 422)
 
 
 # -- pydantic (1 and 2) ------------------------------------------------------------------------------

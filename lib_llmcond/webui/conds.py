@@ -9,7 +9,9 @@ from typing import Any
 import torch
 
 from lib_llmcond.errors import LlmcondError
-from lib_llmcond.webui import hosts, loras, prefetch
+from lib_llmcond.progress import Interrupted
+from lib_llmcond.webui import hosts, loras, prefetch, recall
+from lib_llmcond.webui.host_progress import during_encode
 from lib_llmcond.webui.precision import outside_host_autocast
 from lib_llmcond.webui.state import RequestState
 
@@ -32,12 +34,17 @@ def encode_batch(
         if state.error is not None:
             raise state.error
         return _encode(batch, state, engine=engine, model=model, host=host, host_opts=host_opts)
+    except Interrupted as e:  # the host's Interrupt button: stop, never fall back
+        log.warning("llmcond: %s", e)
+        raise
     except LlmcondError as e:
         if not state.allow_fallback:
             log.error("llmcond: %s", e)
             raise
-        log.warning("llmcond: falling back to CLIP for this generation: %s", e)
+        if state.log.fallback is None:  # one line per request, not per batch
+            log.warning("llmcond: falling back to CLIP for this generation: %s", e)
         state.log.fallback = str(e)
+        recall.keep([], state.log.fallback)
         return original(batch)
 
 
@@ -54,7 +61,7 @@ def _encode(batch: Any, state: RequestState, *, engine: Any, model: Any, host: s
         if extra and prefetch.accepts_prefetch(engine)
         else {}
     )
-    with outside_host_autocast():
+    with outside_host_autocast(), during_encode() as progress:
         cond = engine.get_conditioning(
             list(batch),
             state.opts,
@@ -64,10 +71,12 @@ def _encode(batch: Any, state: RequestState, *, engine: Any, model: Any, host: s
             crop_left=left,
             is_negative=negative,
             reports=reports,
+            progress=progress,
             **more,
         )
     if state.opts.adapter_loras:
         loras.record_results(state, engine.adapter_lora_results(state.opts))
+    recall.keep([] if negative else reports)
     if not negative:
         state.log.add_reports(reports)
         for r in reports:

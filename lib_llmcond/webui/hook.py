@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from lib_llmcond.webui import hosts, loras, prefetch, state
+from lib_llmcond.webui import hosts, loras, prefetch, recall, state
 from lib_llmcond.webui.conds import encode_batch
 
 MARK = "__llmcond_wrapped__"
@@ -93,7 +93,9 @@ def install_cache_key_hook(processing_cls: type, *, engine: Callable[[], Any]) -
             return key
         if args:
             prefetch.remember(prefetch.plan(self, *args[:2], *_hires_args(args, kwargs)))
-        return (*key, current.signature) if isinstance(key, tuple) else (key, current.signature)
+        ours = (*key, current.signature) if isinstance(key, tuple) else (key, current.signature)
+        recall.expect(ours, current)
+        return ours
 
     setattr(cached_params, MARK, True)
     setattr(cached_params, ORIGINAL, original)

@@ -61,6 +61,8 @@ TABLE: tuple[Entry, ...] = (
     Entry("break_mode", "llmcond break", _unless_default("break_mode"), str),
     Entry("chunk", "llmcond chunk", lambda s, a: "on" if a.chunk else None, _bool),
     Entry("dtype", "llmcond dtype", _unless_default("dtype"), str),
+    Entry("emphasis_syntax", "llmcond emphasis syntax", _unless_default("emphasis_syntax"), str),
+    Entry("emphasis_mapping", "llmcond emphasis mapping", _unless_default("emphasis_mapping"), str),
 )
 LABELS = tuple(e.label for e in TABLE)
 

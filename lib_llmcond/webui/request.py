@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lib_llmcond.errors import LlmcondError
+from lib_llmcond.errors import LlmcondError, ModelFileError
 from lib_llmcond.webui import args as A
 from lib_llmcond.webui.settings import Settings
 from lib_llmcond.webui.state import RequestState
@@ -52,7 +52,9 @@ def build(args: Any, settings: Settings, engine: Any, host_opts: Any = None) -> 
         signature = engine.signature(opts)
         hashes = _hashes(opts)
     except (LlmcondError, ValueError) as e:
-        err = e if isinstance(e, LlmcondError) else LlmcondError(f"bad llmcond option: {e}")
+        err = (
+            e if isinstance(e, LlmcondError) else A.with_status(LlmcondError(f"bad llmcond option: {e}"), 422)
+        )
         return error_state(err, **common)
     return RequestState(opts, signature, llm_hash=hashes[0], adapter_hash=hashes[1], **common)
 
@@ -72,29 +74,46 @@ def _hashes(opts: Any) -> tuple[str, str]:
 
 def _require(name: str, label: str) -> None:
     if not name:
-        raise LlmcondError(
-            f"llmcond is enabled but no {label} is chosen",
-            fix=f"choose an {label} in the llmcond accordion (or send its name in the API args), or untick llmcond",
+        raise A.with_status(
+            LlmcondError(
+                f"llmcond is enabled but no {label} is chosen",
+                fix=f"choose an {label} in the llmcond accordion (or send its name in the API args), or untick llmcond",
+            ),
+            422,
         )
 
 
-def _options(args: Any, settings: Settings, host_opts: Any) -> Any:
+def resolve(name: str, folders: Any, kind: str) -> Any:
+    """The file behind a model name; an unknown or escaping name is the caller's error (API: 404, like the
+    hosts' unknown sampler or upscaler names)."""
     from lib_llmcond.models import resolve_model
 
+    try:
+        return resolve_model(name, folders, kind)
+    except ModelFileError as e:
+        raise A.with_status(e, 404) from None
+
+
+def _options(args: Any, settings: Settings, host_opts: Any) -> Any:
     _require(args.llm, "LLM")
     _require(args.adapter, "adapter")
-    llm = resolve_model(args.llm, settings.llm_folders, "llm")
-    adapter = resolve_model(args.adapter, settings.adapter_folders, "adapter")
+    llm = resolve(args.llm, settings.llm_folders, "llm")
+    adapter = resolve(args.adapter, settings.adapter_folders, "adapter")
     presets = system_presets()
     if args.system_prompt not in presets:
-        raise LlmcondError(
-            f"unknown system prompt preset {args.system_prompt!r}",
-            fix=f"choose one of: {', '.join(presets)}",
+        raise A.with_status(
+            LlmcondError(
+                f"unknown system prompt preset {args.system_prompt!r}",
+                fix=f"choose one of: {', '.join(presets)}",
+            ),
+            422,
         )
     return options_class()(
         llm=str(llm),
         adapter=str(adapter),
         emphasis=effective_emphasis(args.emphasis, host_opts),
+        emphasis_syntax=args.emphasis_syntax,
+        emphasis_mapping=args.emphasis_mapping,
         break_mode=args.break_mode,
         system_prompt=presets[args.system_prompt],
         empty_negative=args.empty_negative,

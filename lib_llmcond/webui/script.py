@@ -7,7 +7,19 @@ import threading
 from typing import Any
 
 from lib_llmcond.errors import LlmcondError
-from lib_llmcond.webui import api, hook, hosts, infotext, memory, request, settings, state, templates_io, ui
+from lib_llmcond.webui import (
+    api,
+    hook,
+    hosts,
+    infotext,
+    memory,
+    recall,
+    request,
+    settings,
+    state,
+    templates_io,
+    ui,
+)
 from lib_llmcond.webui import args as A
 
 log = logging.getLogger("llmcond")
@@ -70,6 +82,7 @@ class Runtime:
             hook.remove_cache_key_hook(processing.StableDiffusionProcessing)
         hook.remove_all_model_hooks()
         state.activate(None)
+        recall.forget()
 
     # -- UI helpers ------------------------------------------------------------------------------
     def choices(self) -> ui.Choices:
@@ -132,8 +145,7 @@ def process(p: Any, *values: Any) -> None:
         if not _looks_enabled(values):
             state.attach(p, None)
             return
-        log.error("llmcond: %s", e)
-        state.attach(p, request.error_state(e))
+        state.attach(p, request.error_state(e))  # raised and logged once, when the conds are computed
         return
     current = (
         request.build(args, runtime.settings(), runtime.engine(), runtime.host_opts())

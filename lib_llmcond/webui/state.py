@@ -31,7 +31,7 @@ class RequestLog:
 
     def add_reports(self, reports: list[Any]) -> None:
         with self.lock:
-            self.reports.extend(reports)
+            self.reports.extend(r for r in reports if r not in self.reports)
 
     def remember_lora(self, path: str, name: str) -> None:
         with self.lock:

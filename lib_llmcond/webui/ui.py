@@ -101,17 +101,21 @@ def build(tab: str, choices: Choices) -> list[Any]:
                 list(A.BREAK_CHOICES), value="paragraphs", label="BREAK", elem_id=f"{eid}_break"
             )
             chunk = gr.Checkbox(False, label="Chunk long prompts", elem_id=f"{eid}_chunk")
-        with gr.Accordion("Advanced", open=False, elem_id=f"{eid}_advanced"), gr.Row():
-            presets = choices.presets()
-            system_prompt = gr.Dropdown(
-                presets, value=A.DEFAULT_PRESET, label="System prompt", elem_id=f"{eid}_system"
-            )
-            device = gr.Dropdown(
-                list(A.DEVICE_CHOICES), value="auto", label="Device", elem_id=f"{eid}_device"
-            )
-            dtype = gr.Dropdown(
-                list(A.DTYPE_CHOICES), value="auto", label="LLM dtype", elem_id=f"{eid}_dtype"
-            )
+        with gr.Accordion("Advanced", open=False, elem_id=f"{eid}_advanced"):
+            with gr.Row():
+                presets = choices.presets()
+                system_prompt = gr.Dropdown(
+                    presets, value=A.DEFAULT_PRESET, label="System prompt", elem_id=f"{eid}_system"
+                )
+                device = gr.Dropdown(
+                    A.device_choices(_cuda_devices()), value="auto", label="Device", elem_id=f"{eid}_device"
+                )
+                dtype = gr.Dropdown(
+                    list(A.DTYPE_CHOICES), value="auto", label="LLM dtype", elem_id=f"{eid}_dtype"
+                )
+            with gr.Row():
+                emphasis_syntax = _choice_dropdown("emphasis_syntax", "Emphasis syntax", f"{eid}_syntax")
+                emphasis_mapping = _choice_dropdown("emphasis_mapping", "Emphasis mapping", f"{eid}_mapping")
 
     def on_refresh(cur_llm: str | None, cur_adapter: str | None) -> tuple:
         ls, ads, ts = choices.llms(), choices.adapters(), choices.templates()
@@ -141,8 +145,26 @@ def build(tab: str, choices: Choices) -> list[Any]:
         system_prompt=system_prompt,
         device=device,
         dtype=dtype,
+        emphasis_syntax=emphasis_syntax,
+        emphasis_mapping=emphasis_mapping,
     )
     return [components[n] for n in A.NAMES]
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _choice_dropdown(arg: str, label: str, elem_id: str) -> Any:
+    """A dropdown over an arg's choices (``args.FIELDS``), at its default."""
+    import gradio as gr
+
+    field = A.FIELDS[A.NAMES.index(arg)]
+    return gr.Dropdown(
+        list(field.choices or ()), value=field.default, label=label, elem_id=elem_id, info=field.help
+    )
 
 
 def _info_html(choices: Choices, llm: str | None, adapter: str | None) -> str:

@@ -100,6 +100,8 @@ class FakeEngine:
         self.fail = fail
         self.lock = threading.Lock()
         self.probe = torch.nn.Linear(4, 4)  # a manual-cast patch of nn.Linear would raise here
+        self.loaded = False
+        self.on_row = lambda index: None  # tests hook in here (e.g. press Interrupt mid-encode)
 
     def get_conditioning(
         self,
@@ -113,9 +115,18 @@ class FakeEngine:
         is_negative=False,
         reports=None,
         prefetch=(),
+        progress=None,
     ):
         if self.fail is not None:
             raise self.fail
+        if progress is not None:  # as the real Engine: loads once, then one check per row
+            if not self.loaded:
+                progress.say("loading the LLM (fake) and its tokenizer", console=True)
+                self.loaded = True
+            progress.say(f"encoding {len(texts)} prompt(s) with the LLM")
+            for i in range(len(texts)):
+                progress.check(f"before row {i + 1} of {len(texts)}")
+                self.on_row(i)
         self.probe(torch.zeros(1, 4))
         with self.lock:
             self.calls.append(

@@ -30,6 +30,12 @@ VRAM: ``webui_standin/memory.py`` mirrors each flavour's memory manager (Forge2 
 Both: ``modules/extra_networks.py`` and the built-in Lora extension's ``networks`` module (how each host exposes
 the active LoRAs): see the section "extra networks + Lora" below.
 
+Issue 17 additions (sections marked "issue 17"): ``modules/api/api.py`` (``api_app``: ``init_script_args`` and
+``api_middleware``'s exception-to-status mapping); ``modules/ui_toprow.py`` + ``javascript/token-counters.js``
+(``toprow``, ``update_token_counter``, ``token_counters.js``: the prompt boxes' own token counters);
+``modules/shared_state.py`` (``State.textinfo``, ``State.stopping_generation``); ``modules/ui_components.py`` +
+``javascript/inputAccordion.js`` (``ui_components_module``, ``input_accordion.js``: the header box, gradio 3.41).
+
 The fake CLIP gives a deterministic [77, 2048] crossattn and a 1280 pooled per text, so "the host's own conds"
 are known exactly. Not copied: written from the public code's behaviour.
 """
@@ -1017,3 +1023,152 @@ def _manual_cast():
             if "org_forward" in cls.__dict__:
                 cls.forward = cls.org_forward
                 del cls.org_forward
+
+
+# ---------------------------------------------------------------------------------------------- issue 17: state
+# ``modules/shared_state.py`` ``State``: the progress text under the preview and "Stop generating" (finish the
+# current image, then stop; ``interrupted`` is the Interrupt button).
+State.textinfo = None
+State.stopping_generation = False
+
+
+# ---------------------------------------------------------------------------------------------- issue 17: the API
+# ``modules/api/api.py`` of A1111 1.10.1 (Forge has the same code), reduced to txt2img with always-on scripts:
+# ``init_script_args`` (the UI's default args, then ``min(slots, len(args))`` request values over them; an unknown
+# script answers 422) and ``api_middleware``'s ``handle_exception`` (an exception escaping ``process_images``
+# becomes ``JSONResponse(status_code=vars(e).get("status_code", 500))`` with ``detail`` from ``vars(e)``; all but
+# ``HTTPException`` are reported with their traceback as "API error").
+def api_app(host: Host, scripts_and_defaults: list[tuple[Any, str, list]]) -> Any:
+    """A FastAPI app with ``POST /sdapi/v1/txt2img``; ``scripts_and_defaults``: (script, title, UI default args)."""
+    import logging
+
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+    api_log = logging.getLogger("standin.api")
+
+    def handle_exception(request: Request, e: Exception) -> JSONResponse:
+        err = {
+            "error": type(e).__name__,
+            "detail": vars(e).get("detail", ""),
+            "body": vars(e).get("body", ""),
+            "errors": str(e),
+        }
+        if not isinstance(e, HTTPException):
+            api_log.error("API error: %s: %s %s", request.method, request.url, err, exc_info=True)
+        return JSONResponse(status_code=vars(e).get("status_code", 500), content=jsonable_encoder(err))
+
+    @app.middleware("http")
+    async def exception_handling(request: Request, call_next):
+        try:
+            return await call_next(request)
+        except Exception as e:
+            return handle_exception(request, e)
+
+    @app.exception_handler(Exception)
+    async def fastapi_exception_handler(request: Request, e: Exception):
+        return handle_exception(request, e)
+
+    @app.exception_handler(HTTPException)
+    async def http_exception_handler(request: Request, e: HTTPException):
+        return handle_exception(request, e)
+
+    @app.post("/sdapi/v1/txt2img")
+    def text2imgapi(body: dict) -> dict:
+        pairs = []
+        for script, title, defaults in scripts_and_defaults:
+            args = list(defaults)
+            sent = (body.get("alwayson_scripts") or {}).get(title.lower(), {})
+            for i in range(min(len(args), len(sent.get("args", [])))):
+                args[i] = sent["args"][i]
+            pairs.append((script, args))
+        unknown = set(body.get("alwayson_scripts") or {}) - {t.lower() for _, t, _ in scripts_and_defaults}
+        if unknown:
+            raise HTTPException(status_code=422, detail=f"always on script {unknown.pop()} not found")
+        gen = {k: body[k] for k in ("prompt", "negative_prompt", "n_iter", "batch_size") if k in body}
+        _, processed = host.txt2img(pairs, **gen)
+        return {"images": processed.images, "info": processed.infotexts[0]}
+
+    return app
+
+
+# ---------------------------------------------------------------------------------------------- issue 17: toprow
+# The prompt boxes' token counters of A1111 1.10.1 ``modules/ui_toprow.py`` (Forge: the same): an HTML counter
+# ``<tab>_token_counter`` / ``<tab>_negative_token_counter`` (class ``token-counter``, created invisible) and a
+# hidden button ``<tab>_token_button`` / ``<tab>_negative_token_button`` whose click runs ``ui.update_token_counter``
+# into the counter. Its CLIP count is stood in by words per 75-token chunk; ``token_counters.js`` (beside this file)
+# mirrors ``javascript/token-counters.js``. ``TOKEN_COUNTER_CSS``: the host's style.css rules for them.
+TOKEN_COUNTER_CSS = """
+.block.token-counter { position: absolute; display: inline-block; right: 1em; min-width: 0 !important;
+  width: auto; z-index: 100; top: -0.75em; }
+.block.token-counter-visible { display: block !important; }
+.block.token-counter span { border: 2px solid rgba(192,192,192,0.4) !important; border-radius: 0.4em;
+  padding: 0.1em 0.75em; }
+.block.token-counter div { display: inline; }
+"""
+
+
+def update_token_counter(text: str) -> str:
+    """``modules/ui.py`` ``update_token_counter``: ``<span ...>count/limit</span>``, limit in chunks of 75."""
+    n = len(text.split())
+    return f"<span class='gr-box gr-text-input'>{n}/{max(1, -(-n // 75)) * 75}</span>"
+
+
+def toprow(tab: str) -> dict:
+    """The prompt boxes with their counters and hidden buttons, as ``Toprow.create_prompts`` lays them out."""
+    import gradio as gr
+
+    out = {}
+    for part, box_id, counter_id in (
+        ("prompt", f"{tab}_prompt", f"{tab}_token_counter"),
+        ("negative", f"{tab}_neg_prompt", f"{tab}_negative_token_counter"),
+    ):
+        box = gr.Textbox("", label=part, elem_id=box_id, lines=3)
+        counter = gr.HTML(
+            "<span>0/75</span>", elem_id=counter_id, elem_classes=["token-counter"], visible=False
+        )
+        button_id = f"{tab}_token_button" if part == "prompt" else f"{tab}_negative_token_button"
+        button = gr.Button(visible=False, elem_id=button_id)
+        button.click(fn=update_token_counter, inputs=[box], outputs=[counter])
+        out[part] = box
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- issue 17: accordion
+# ``modules/ui_components.py`` ``InputAccordion`` of A1111 1.10.1 (gradio 3.41; Forge's ``InputAccordionImpl`` on
+# gradio 4 is not reproduced: gradio 4.40 leaves invisible components out of the page): a hidden checkbox
+# ``<id>-checkbox`` whose value is the script arg, and an accordion ``<id>`` (class ``input-accordion``) that
+# ``input_accordion.js`` (beside this file; the host's inputAccordion.js) gives a visible header checkbox
+# ``<id>-visible-checkbox``. Install it as ``modules.ui_components`` with ``ui_components_module()``.
+def ui_components_module() -> types.ModuleType:
+    import gradio as gr
+
+    assert int(gr.__version__.split(".")[0]) < 4, "gradio 4 leaves the hidden checkbox out of the page"
+
+    class InputAccordion(gr.Checkbox):
+        def __init__(self, value, **kwargs):
+            self.accordion_id = kwargs.get("elem_id")
+            super().__init__(
+                value, **{**kwargs, "elem_id": f"{self.accordion_id}-checkbox", "visible": False}
+            )
+            code = 'function(checked){ inputAccordionChecked("' + self.accordion_id + '", checked); }'
+            self.change(fn=None, inputs=[self], _js=code)
+            self.accordion = gr.Accordion(
+                **{**kwargs, "elem_id": self.accordion_id, "elem_classes": ["input-accordion"], "open": value}
+            )
+
+        def __enter__(self):
+            self.accordion.__enter__()
+            return self
+
+        def __exit__(self, exc_type, exc_val, exc_tb):
+            self.accordion.__exit__(exc_type, exc_val, exc_tb)
+
+        def get_block_name(self):
+            return "checkbox"
+
+    m = types.ModuleType("modules.ui_components")
+    m.InputAccordion = InputAccordion
+    return m

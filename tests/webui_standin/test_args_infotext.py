@@ -26,6 +26,8 @@ GOOD = [
     "Default",
     "cuda:1",
     "float32",
+    "weights_only",
+    "attention",
 ]
 BAD = [
     (["yes"], "enabled"),
@@ -37,7 +39,12 @@ BAD = [
     ([True, "x", "y", "None", "zeros", "blocks", False, "D", "cuda; rm -rf /"], "device"),
     ([True, "x", "y", "None", "zeros", "blocks", False, "D", "cpu", "float16"], "dtype"),
     ([True, "x" * 600], "llm"),
-    ([True] * 11, "at most 10"),
+    ([True, "x", "y", "None", "zeros", "blocks", False, "D", "cpu", "auto", "booru"], "emphasis_syntax"),
+    (
+        [True, "x", "y", "None", "zeros", "blocks", False, "D", "cpu", "auto", "full", "loudest"],
+        "emphasis_mapping",
+    ),
+    ([True] * 13, "at most 12"),
     ({"enabled": True, "evil": 1}, "evil"),
     ("enabled", "expected a list"),
 ]
@@ -76,6 +83,39 @@ def state(**kw) -> RequestState:
 class P:
     def __init__(self):
         self.extra_generation_params = {}
+
+
+def test_old_ten_value_payloads_keep_the_new_defaults():
+    from lib_llmcond.pipeline import DEFAULT_MAPPING
+
+    a = A.parse(GOOD[:10])
+    assert (a.emphasis_syntax, a.emphasis_mapping) == ("full", DEFAULT_MAPPING)
+    assert A.NAMES[10:12] == ("emphasis_syntax", "emphasis_mapping")  # the API order (README)
+
+
+def test_device_choices_list_each_gpu_when_there_are_several():
+    assert A.device_choices(0) == A.device_choices(1) == ["auto", "cpu", "cuda"]
+    assert A.device_choices(3)[-3:] == ["cuda:0", "cuda:1", "cuda:2"]
+    import re
+
+    assert all(re.match(A.DEVICE_PATTERN, d) for d in A.device_choices(12))
+
+
+def test_new_settings_in_the_infotext_only_when_not_default():
+    p = P()
+    infotext.write(p, state(), A.parse([True, "l", "a"]))
+    assert not any("syntax" in k or "mapping" in k for k in p.extra_generation_params)
+    p = P()
+    infotext.write(p, state(), A.parse(GOOD))
+    assert p.extra_generation_params["llmcond emphasis syntax"] == "weights_only"
+    assert p.extra_generation_params["llmcond emphasis mapping"] == "attention"
+    fields = dict(infotext.paste_fields({n: n for n in A.NAMES}, "enabled"))
+    assert fields["emphasis_syntax"](p.extra_generation_params) == "weights_only"
+    old = {"llmcond LLM": "gemma [0123456789]", "llmcond emphasis": "Original"}  # an infotext from before
+    assert (
+        fields["emphasis_syntax"](old) == "full"
+        and fields["emphasis_mapping"](old) == A.DEFAULTS["emphasis_mapping"]
+    )
 
 
 def test_infotext_round_trip():

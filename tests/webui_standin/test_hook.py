@@ -437,3 +437,72 @@ def test_model_kind_table(cls, attrs, kind):
     from lib_llmcond.webui.hosts import model_kind
 
     assert model_kind(type(cls, (), attrs)()) == kind
+
+
+# -- issue 17: the host's cond cache and the infotext -------------------------------------------------------------
+def llmcond_entries(infotext: str) -> list[str]:
+    return [part for part in infotext.splitlines()[-1].split(", ") if part.startswith("llmcond")]
+
+
+def test_infotext_keys_survive_a_cond_cache_hit(stand):
+    """A1111's ``get_conds_with_caching`` answers a new generation whose ``cached_params`` are equal (the seed is
+    not part of them) from its class-level cache: our model hook is not called, the infotext stays the same."""
+    long = " ".join(["word"] * 600)
+    _, first = stand.txt2img(prompt=long, negative_prompt="ugly")
+    calls = len(stand.engine.calls)
+    _, second = stand.txt2img(prompt=long, negative_prompt="ugly")  # a new seed: nothing in the key changes
+    assert len(stand.engine.calls) == calls  # the host's cache answered
+    assert 'llmcond tokens: "600/512, cut at token 512' in second.infotexts[0]
+    assert llmcond_entries(second.infotexts[0]) == llmcond_entries(first.infotexts[0])
+    _, third = stand.txt2img(prompt="short", negative_prompt="ugly")  # a different prompt: its own report
+    assert "llmcond tokens: 1/512" in third.infotexts[0]
+
+
+def test_fallback_note_survives_a_cond_cache_hit(stand):
+    stand.host.shared.opts.llmcond_fallback = True
+    stand.engine.fail = LlmcondError("cannot load the adapter", path="x.safetensors", fix="re-download it")
+    _, first = stand.txt2img(prompt="a dog")
+    stand.engine.fail = None  # the host's cache still holds the CLIP conds of "a dog"
+    p, second = stand.txt2img(prompt="a dog")
+    assert torch.equal(first_cond(p.sampled[0])["crossattn"], fake_clip("a dog")[0])
+    assert "llmcond fallback" in second.infotexts[0]
+    assert llmcond_entries(second.infotexts[0]) == llmcond_entries(first.infotexts[0])
+
+
+# -- issue 17: progress text and Interrupt ---------------------------------------------------------------------------
+def test_encode_shows_in_the_progress_text_and_slow_steps_on_the_console(stand, capsys):
+    st = stand.host.shared.state
+    st.textinfo = "Batch 1 out of 1"
+    seen = []
+    stand.engine.on_row = lambda i: seen.append(st.textinfo)
+    stand.txt2img(prompt="a cat", negative_prompt="ugly")
+    assert seen and all(t == "llmcond: encoding 1 prompt(s) with the LLM" for t in seen)
+    assert st.textinfo == "Batch 1 out of 1"  # the host's own text is back after the encode
+    out = capsys.readouterr().out
+    assert out.count("llmcond: loading the LLM (fake) and its tokenizer") == 1 and "encoding" not in out
+
+
+def test_interrupt_stops_the_encode_between_rows_without_falling_back(stand, caplog):
+    from lib_llmcond.progress import Interrupted
+
+    st = stand.host.shared.state
+    stand.host.shared.opts.llmcond_fallback = True  # an interrupt is not a failure to fall back from
+
+    def press_interrupt(row):
+        st.interrupted = True
+
+    stand.engine.on_row = press_interrupt
+    with caplog.at_level("WARNING", logger="llmcond"), pytest.raises(Interrupted, match="before row 2 of 2"):
+        stand.txt2img(
+            prompt="a cat", negative_prompt="[ugly:blurry:5]"
+        )  # one call, two rows (prompt editing)
+    assert not stand.model.calls[1:]  # no CLIP conds were made (the first call is the model load's)
+    assert [r.getMessage() for r in caplog.records if r.name == "llmcond"] == [
+        "llmcond: interrupted while encoding the prompt (before row 2 of 2). Start the generation again when you want it"
+    ]
+    st.interrupted = False
+    stand.engine.on_row = lambda row: None
+    p, _ = stand.txt2img(prompt="a cat", negative_prompt="[ugly:blurry:5]")
+    assert torch.equal(
+        first_cond(p.sampled[0])["crossattn"], fakes.llm_cond("a cat", stand.engine.calls[-1].opts)[0]
+    )

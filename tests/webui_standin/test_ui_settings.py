@@ -5,7 +5,7 @@ from __future__ import annotations
 import types
 from pathlib import Path
 
-import pytest
+import needs
 import torch
 
 from lib_llmcond.webui import args as A
@@ -71,7 +71,7 @@ def test_info_line_says_whether_the_pair_fits(tmp_path):
 
 
 def test_settings_page_registration():
-    pytest.importorskip("gradio")
+    needs.module("gradio", "ui")
     added = {}
 
     class OptionInfo:
@@ -93,7 +93,7 @@ def test_settings_page_registration():
 
 
 def test_script_ui_in_a_gradio_page(a1111):
-    gr = pytest.importorskip("gradio")
+    gr = needs.module("gradio", "ui")
     with gr.Blocks():
         components = a1111.script.ui(False)
     assert len(components) == len(A.NAMES)

@@ -8,10 +8,11 @@ the stand-in host's ``models/LLM`` and ``models/llm_adapters`` folders, and the 
 
 from __future__ import annotations
 
+import needs
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
+diffusers = needs.module("diffusers", "diffusers")
 
 from lib_llmcond.conditioning import make_vector  # noqa: E402
 
