@@ -780,7 +780,7 @@ def build_extra_networks(host) -> None:
     networks = host.modules["networks"] = _networks_module(host)
     lora = networks.extra_network_lora = ExtraNetworkLora(networks)  # as the extension's before_ui does
     extra.extra_network_registry["lora"] = lora
-    if host.flavour == "a1111":  # Forge2's sd_forge_lora registers no alias
+    if host.flavour != "forge2":  # A1111 and reForge register the alias; Forge2's sd_forge_lora does not
         extra.extra_network_aliases["lyco"] = lora
 
 
