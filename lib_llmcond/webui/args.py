@@ -10,6 +10,7 @@ from dataclasses import dataclass, make_dataclass
 from typing import Any, Literal
 
 from lib_llmcond.errors import LlmcondError
+from lib_llmcond.matmul_precision import PRECISIONS
 from lib_llmcond.pipeline import DEFAULT_MAPPING, MAPPINGS, SYNTAXES
 
 EMPHASIS_FOLLOW = "Follow WebUI"
@@ -52,6 +53,12 @@ FIELDS: tuple[Field, ...] = (
     Field("emphasis_syntax", SYNTAXES[0], SYNTAXES, help="full grammar, or weights_only: only (text:1.2)"),
     Field(
         "emphasis_mapping", DEFAULT_MAPPING, MAPPINGS, help="how token weights reach the adapter's outputs"
+    ),
+    Field(
+        "adapter_precision",
+        PRECISIONS[0],
+        PRECISIONS,
+        help="fp32 matmuls on CUDA: auto (tf32 where the card has it), fp32 (exact) or tf32 (fast)",
     ),
 )
 NAMES = tuple(f.name for f in FIELDS)

@@ -63,6 +63,7 @@ TABLE: tuple[Entry, ...] = (
     Entry("dtype", "llmcond dtype", _unless_default("dtype"), str),
     Entry("emphasis_syntax", "llmcond emphasis syntax", _unless_default("emphasis_syntax"), str),
     Entry("emphasis_mapping", "llmcond emphasis mapping", _unless_default("emphasis_mapping"), str),
+    Entry("adapter_precision", "llmcond adapter precision", _unless_default("adapter_precision"), str),
 )
 LABELS = tuple(e.label for e in TABLE)
 

@@ -114,6 +114,7 @@ def _options(args: Any, settings: Settings, host_opts: Any) -> Any:
         emphasis=effective_emphasis(args.emphasis, host_opts),
         emphasis_syntax=args.emphasis_syntax,
         emphasis_mapping=args.emphasis_mapping,
+        adapter_precision=args.adapter_precision,
         break_mode=args.break_mode,
         system_prompt=presets[args.system_prompt],
         empty_negative=args.empty_negative,

@@ -116,6 +116,9 @@ def build(tab: str, choices: Choices) -> list[Any]:
             with gr.Row():
                 emphasis_syntax = _choice_dropdown("emphasis_syntax", "Emphasis syntax", f"{eid}_syntax")
                 emphasis_mapping = _choice_dropdown("emphasis_mapping", "Emphasis mapping", f"{eid}_mapping")
+                adapter_precision = _choice_dropdown(
+                    "adapter_precision", "Adapter precision (CUDA)", f"{eid}_precision"
+                )
 
     def on_refresh(cur_llm: str | None, cur_adapter: str | None) -> tuple:
         ls, ads, ts = choices.llms(), choices.adapters(), choices.templates()
@@ -147,6 +150,7 @@ def build(tab: str, choices: Choices) -> list[Any]:
         dtype=dtype,
         emphasis_syntax=emphasis_syntax,
         emphasis_mapping=emphasis_mapping,
+        adapter_precision=adapter_precision,
     )
     return [components[n] for n in A.NAMES]
 

@@ -40,7 +40,8 @@ class StandInOptions:
     llm_dtype: str = "auto"
     memory: str = "auto"
     fixed_size: bool = False
-    emphasis_mapping: str = "argmax"
+    emphasis_mapping: str = "sharpened"
+    adapter_precision: str = "auto"
     adapter_loras: tuple = ()
 
 
