@@ -111,7 +111,7 @@ def fake_forward(monkeypatch) -> list[dict]:
         self.device = device
         self._prefixes.clear()
 
-    def encode(self, texts, topts):
+    def encode(self, texts, topts, progress=None):
         seen.append(
             {
                 "texts": list(texts),
