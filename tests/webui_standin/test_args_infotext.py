@@ -28,6 +28,7 @@ GOOD = [
     "float32",
     "weights_only",
     "attention",
+    "fp32",
 ]
 BAD = [
     (["yes"], "enabled"),
@@ -44,7 +45,11 @@ BAD = [
         [True, "x", "y", "None", "zeros", "blocks", False, "D", "cpu", "auto", "full", "loudest"],
         "emphasis_mapping",
     ),
-    ([True] * 13, "at most 12"),
+    (
+        [True, "x", "y", "None", "zeros", "blocks", False, "D", "cpu", "auto", "full", "attention", "fp16"],
+        "adapter_precision",
+    ),
+    ([True] * 14, "at most 13"),
     ({"enabled": True, "evil": 1}, "evil"),
     ("enabled", "expected a list"),
 ]
