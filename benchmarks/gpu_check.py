@@ -218,9 +218,7 @@ def reference(m, llm_dir: Path, adapter: Path, prompts: dict, repeats: int) -> d
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from ref_oracle import RefAdapter
 
-    from benchmarks.worker import padded_to_512
-    from lib_llmcond.text.paths import text_path
-    from lib_llmcond.text.tokenizer import load_tokenizer
+    from benchmarks.worker import reference_chain
 
     torch.backends.cuda.matmul.allow_tf32 = False  # the reference runs its adapter in plain fp32
     dtype = torch.float32 if DEVICE.type == "cpu" else torch.bfloat16
@@ -235,18 +233,7 @@ def reference(m, llm_dir: Path, adapter: Path, prompts: dict, repeats: int) -> d
     ad = RefAdapter(load_file(str(adapter))).to(DEVICE)
     sync()
     out: dict = {"load_ms": (time.perf_counter() - t0) * 1e3}
-    tok, path = load_tokenizer(llm_dir), text_path(m.family)
-
-    def one(text: str) -> object:
-        row = path.tokenize(text, tok)
-        ids = torch.tensor([row.ids], device=DEVICE)
-        with torch.no_grad():
-            if m.family == "t5gemma":
-                full, mask = padded_to_512(ids[:, :512])
-                h = model(input_ids=full, attention_mask=mask).last_hidden_state
-                return ad(h.float(), mask)
-            h = model(ids, output_hidden_states=True).hidden_states[-1][:, row.adapter_start :]
-            return ad(h.float())
+    one = reference_chain(m, model, ad, llm_dir, DEVICE)
 
     for n in LENGTHS:
         pos, neg = prompts[n]

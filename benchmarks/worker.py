@@ -239,9 +239,9 @@ def run_hf(m, llm_dir: Path, adapter: Path | None, repeats: int, device: str) ->
     return out
 
 
-def _hf_chain_rows(m, model, ad, llm_dir: Path, repeats: int, device: str) -> dict:
-    """The reference's whole chain, as its nodes run it: one prompt at a time, template -> transformers
-    forward -> skip -> adapter (T5Gemma: padded to 512, mask to the adapter). Same prompts as ours."""
+def reference_chain(m, model, ad, llm_dir: Path, device) -> Callable[[str], object]:
+    """The reference's whole chain for one prompt, as its nodes run it: template -> transformers forward ->
+    skip -> adapter (T5Gemma: padded to 512, mask to the adapter), one prompt at a time."""
     from lib_llmcond.text.paths import text_path
     from lib_llmcond.text.tokenizer import load_tokenizer
 
@@ -258,6 +258,12 @@ def _hf_chain_rows(m, model, ad, llm_dir: Path, repeats: int, device: str) -> di
             h = model(ids, output_hidden_states=True).hidden_states[-1][:, row.adapter_start :]
             return ad(h.float())
 
+    return one
+
+
+def _hf_chain_rows(m, model, ad, llm_dir: Path, repeats: int, device: str) -> dict:
+    """The reference's whole-chain rows on the same prompts as ours."""
+    one = reference_chain(m, model, ad, llm_dir, device)
     return chain_rows(lambda texts: [one(t) for t in texts], repeats, device)
 
 

@@ -227,10 +227,7 @@ class LLMToSDXLAdapter(Adapter):
         for block in self.wide_attention_blocks:
             x = _block_forward(block, x, key_mask, dead)
         y, probs = self._compress(x, key_mask, dead)
-        for block in self.narrow_attention_blocks:
-            y = block(y)
-        token = self.pooling_token.expand(b, -1, -1)
-        pooled = self.pooled_projection(self.pooling_attention(token, y).squeeze(1))
+        y, pooled = self._narrow_and_pool(y)
         attention = (
             _scatter_attention(probs, index, real & alive[:, None], length) if return_attention else None
         )
@@ -256,12 +253,16 @@ class LLMToSDXLAdapter(Adapter):
             for block in self.wide_attention_blocks:
                 x = block(x, keep)
             y, probs = self._compress(x, keep, None)
-            for block in self.narrow_attention_blocks:
-                y = block(y)
-            token = self.pooling_token.expand(y.shape[0], -1, -1)
-            pooled = self.pooled_projection(self.pooling_attention(token, y).squeeze(1))
+            y, pooled = self._narrow_and_pool(y)
             attention = probs.mean(dim=1) * keep[:, None, :] if return_attention else None
         return AdapterOutput(crossattn=y, pooled=pooled, attention=attention)
+
+    def _narrow_and_pool(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The narrow blocks over the compressed tokens, then the pooling head: (crossattn, pooled)."""
+        for block in self.narrow_attention_blocks:
+            y = block(y)
+        token = self.pooling_token.expand(y.shape[0], -1, -1)
+        return y, self.pooled_projection(self.pooling_attention(token, y).squeeze(1))
 
     def _input_mask(
         self, b: int, length: int, mask: torch.Tensor | None, device: torch.device
