@@ -98,27 +98,31 @@ def gather_inputs(hidden: torch.Tensor, gather: torch.Tensor) -> torch.Tensor:
     return flat[gather]
 
 
-INPUTS = ("ids", "mask", "pos", "gather", "positions", "keep")
+# the names ``forward`` reads -> the plan's fields, in the order they are packed
+PACKED = {
+    "ids": "input_ids",
+    "mask": "attention_mask",
+    "pos": "position_ids",
+    "gather": "gather",
+    "positions": "positions",
+    "keep": "keep",
+}
 
 
 def pack(p: StaticPlan) -> torch.Tensor:
     """The plan's six tensors as one flat int64 tensor: one host-to-device copy per encode."""
-    return torch.cat([getattr(p, f).reshape(-1).long() for f in _FIELDS])
+    return torch.cat([getattr(p, f).reshape(-1).long() for f in PACKED.values()])
 
 
 def unpack(flat: torch.Tensor, p: StaticPlan) -> dict[str, torch.Tensor]:
     """Views of ``flat`` (on any device) shaped as ``p``'s tensors; ``keep`` as bool."""
     out, at = {}, 0
-    for name, f in zip(INPUTS, _FIELDS):
+    for name, f in PACKED.items():
         shape = getattr(p, f).shape
-        n = shape.numel()
-        out[name] = flat[at : at + n].view(shape)
-        at += n
+        out[name] = flat[at : at + shape.numel()].view(shape)
+        at += shape.numel()
     out["keep"] = out["keep"].bool()
     return out
-
-
-_FIELDS = ("input_ids", "attention_mask", "position_ids", "gather", "positions", "keep")
 
 
 def placement(*modules: torch.nn.Module) -> tuple:
