@@ -51,7 +51,7 @@ def _encode(args: argparse.Namespace) -> int:
         "vector": cond["vector"].contiguous(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.float().contiguous() for k, v in tensors.items()}, args.out)
+    save_file({k: v.float().cpu().contiguous() for k, v in tensors.items()}, args.out)
     print(f"{args.out}: crossattn {tuple(tensors['crossattn'].shape)}, tokens {reports[0].describe()}")
     return 0
 
