@@ -34,7 +34,7 @@ def _encode(args: argparse.Namespace) -> int:
         memory="keep",
     )
     reports: list = []
-    cond = Engine().get_conditioning(
+    cond = Engine(pack_when_idle=False).get_conditioning(  # one shot: packing could never pay back
         [args.prompt], opts, width=args.width, height=args.height, is_negative=False, reports=reports
     )
     pooled = cond["vector"][:, :1280].clone()

@@ -98,8 +98,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 class Engine:
     """Loads models on demand, caches encoded texts, returns host-shaped conditioning."""
 
-    def __init__(self, cache_size: int = 64) -> None:
+    def __init__(self, cache_size: int = 64, *, pack_when_idle: bool = True) -> None:
+        """``pack_when_idle``: after each request, CPU models re-lay their weights for oneDNN in the background
+        (``cpu_linear.IdlePacker``); a one-shot caller (the command line) passes False and never pays for it."""
         self.cache_size = cache_size
+        self.pack_when_idle = pack_when_idle
         self._lock = threading.RLock()  # registry + cache
         self._work = threading.RLock()  # model loading and forward passes
         self._llms: dict[tuple, object] = {}
@@ -162,6 +165,15 @@ class Engine:
             elif opts.memory == "offload":
                 for llm in self._llms.values():
                     llm.to_device(torch.device("cpu"))
+            if self.pack_when_idle and resolve_device(opts.device).type == "cpu":
+                for llm in self._llms.values():
+                    llm.pack_when_idle()
+
+    def wait_packed(self, timeout: float | None = None) -> bool:
+        """Wait for the background packing of the loaded models (benchmarks measure the steady state)."""
+        with self._lock:
+            llms = list(self._llms.values())
+        return all(llm.wait_packed(timeout) for llm in llms)
 
     # -- encoding ----------------------------------------------------------------------------------
     def encode_texts(self, texts: Sequence[str], opts: EncodeOptions) -> list[EncodedText]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections import OrderedDict
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from lib_llmcond.cpu_linear import pack_linears
+from lib_llmcond.cpu_linear import IdlePacker, pack_linears
 from lib_llmcond.encoders.config import TransformerConfig
 from lib_llmcond.errors import ModelFileError
 from lib_llmcond.text.paths import TextPath, TokenBatch, text_path
@@ -27,6 +28,7 @@ class LLM:
     device: torch.device
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _prefixes: OrderedDict = field(default_factory=OrderedDict, repr=False)  # ids -> PrefixState
+    packer: IdlePacker | None = field(default=None, repr=False)  # CPU: packs the linears between requests
 
     @property
     def family(self) -> str:
@@ -42,6 +44,8 @@ class LLM:
     def to_device(self, device: torch.device) -> None:
         with self._lock:
             if self.device != device:
+                if self.packer is not None:
+                    self.packer.stop()  # never move a layer while it is being packed
                 self.model.to(device)
                 self.device = device
                 self._prefixes.clear()
@@ -55,12 +59,24 @@ class LLM:
         d = self.device
         ids, mask, pos = (t.to(d) for t in (batch.input_ids, batch.attention_mask, batch.position_ids))
         p = batch.shared_prefix if self.config.causal else 0
-        with _autocast_off(d):
+        gate = self.packer.forward() if self.packer is not None else contextlib.nullcontext()
+        with gate, _autocast_off(d):
             if p < MIN_PREFIX or p >= ids.shape[1]:
                 return self.model(ids, mask, pos)
             state = self._prefix_state(ids[:1, :p])
             rest = self.model(ids[:, p:], mask[:, p:], pos[:, p:], prefix=state)
             return torch.cat([state.hidden.expand(ids.shape[0], -1, -1), rest], dim=1)
+
+    def pack_when_idle(self) -> bool:
+        """On the CPU, start packing the linears in the background (call it after a request); True while a
+        packer runs. The first prompts after a load run on the dense weights instead of waiting for it."""
+        if self.packer is None or self.device.type != "cpu":
+            return False
+        return self.packer.start()
+
+    def wait_packed(self, timeout: float | None = None) -> bool:
+        """Wait for a running packer; True when every linear is packed (or nothing can be)."""
+        return self.packer is None or self.packer.wait(timeout)
 
     def _prefix_state(self, ids: torch.Tensor):
         key = tuple(ids[0].tolist())
@@ -116,9 +132,10 @@ def load_llm(path: str | Path, *, dtype: torch.dtype, device: str | torch.device
             path=path,
             fix="choose a folder with config.json and weights, or a .gguf file",
         )
-    if device.type == "cpu":
-        pack_linears(model)
-    return LLM(path, cfg, model, tokenizer, dtype, device)
+    packer = None
+    if device.type == "cpu" and pack_linears(model, at_first_forward=False):
+        packer = IdlePacker(model)  # packs when asked (pack_when_idle), never in front of a prompt
+    return LLM(path, cfg, model, tokenizer, dtype, device, packer=packer)
 
 
 def _gguf_support(path: Path):
