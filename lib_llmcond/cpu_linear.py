@@ -224,3 +224,12 @@ class IdlePacker:
         if thread is not None:
             thread.join(timeout)
         return not self.pending()
+
+
+def defer_packing(root: nn.Module) -> IdlePacker | None:
+    """Turn the layers under ``root`` that would pack at their first forward into layers packed by the returned
+    :class:`IdlePacker` (None when there is nothing to pack): for a module loaded in front of a prompt."""
+    layers = [m for m in root.modules() if isinstance(m, PackedLinear) and m.pending]
+    for layer in layers:
+        layer.at_first_forward = False
+    return IdlePacker(root) if layers else None

@@ -7,6 +7,7 @@ replaced on disk is reloaded and never mixed with cached results of the old one.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -107,6 +108,7 @@ class Engine:
         self._work = threading.RLock()  # model loading and forward passes
         self._llms: dict[tuple, object] = {}
         self._adapters: dict[tuple, torch.nn.Module] = {}
+        self._adapter_packers: dict[int, object] = {}  # id(adapter) -> IdlePacker (CPU adapters)
         self._tokenizers: dict[tuple, object] = {}
         self._cache: OrderedDict[tuple, EncodedText] = OrderedDict()
 
@@ -137,9 +139,17 @@ class Engine:
             with self._lock:
                 for k in [k for k in self._adapters if k[0].path == ident.path]:
                     del self._adapters[k]
+            from lib_llmcond.cpu_linear import defer_packing
+
             adapter = load_adapter(Path(ident.path), device=device)
+            packer = defer_packing(adapter)  # packed between requests, like the LLM, not in the first one
             with self._lock:
                 self._adapters[key] = adapter
+                self._adapter_packers = {
+                    id(a): p for a in self._adapters.values() if (p := self._adapter_packers.get(id(a)))
+                }
+                if packer is not None:
+                    self._adapter_packers[id(adapter)] = packer
         return adapter
 
     def pipeline(self, opts: EncodeOptions) -> tuple[Pipeline, tuple]:
@@ -168,12 +178,20 @@ class Engine:
             if self.pack_when_idle and resolve_device(opts.device).type == "cpu":
                 for llm in self._llms.values():
                     llm.pack_when_idle()
+                for packer in self._adapter_packers.values():
+                    packer.start()
+
+    def _adapter_forward(self, adapter: torch.nn.Module):
+        """Holds the adapter's packer off while a request runs."""
+        with self._lock:
+            packer = self._adapter_packers.get(id(adapter))
+        return packer.forward() if packer is not None else contextlib.nullcontext()
 
     def wait_packed(self, timeout: float | None = None) -> bool:
         """Wait for the background packing of the loaded models (benchmarks measure the steady state)."""
         with self._lock:
-            llms = list(self._llms.values())
-        return all(llm.wait_packed(timeout) for llm in llms)
+            llms, packers = list(self._llms.values()), list(self._adapter_packers.values())
+        return all([llm.wait_packed(timeout) for llm in llms] + [p.wait(timeout) for p in packers])
 
     # -- encoding ----------------------------------------------------------------------------------
     def encode_texts(self, texts: Sequence[str], opts: EncodeOptions) -> list[EncodedText]:
@@ -189,7 +207,8 @@ class Engine:
             missing = list(dict.fromkeys(k for k in keys if k not in found))
             if missing:
                 try:
-                    fresh = pipe.encode([k[2] for k in missing], topts)
+                    with self._adapter_forward(pipe.adapter):
+                        fresh = pipe.encode([k[2] for k in missing], topts)
                 except torch.cuda.OutOfMemoryError as e:
                     self.unload()
                     raise LlmcondError(
@@ -285,6 +304,7 @@ class Engine:
         with self._lock:
             self._llms.clear()
             self._adapters.clear()
+            self._adapter_packers.clear()
             self._cache.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

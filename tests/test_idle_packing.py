@@ -1,5 +1,7 @@
 """CPU LLMs run their first prompts on the dense weights and re-lay them for oneDNN between requests."""
 
+import threading
+
 import pytest
 import torch
 
@@ -38,12 +40,26 @@ def test_moving_the_llm_stops_the_packer(demo):
 
 
 @pytest.mark.parametrize("pack", [True, False])
-def test_engine_packs_after_a_request_unless_one_shot(demo, pack):
+def test_engine_packs_after_a_request_unless_one_shot(demo, pack, monkeypatch):
+    """LLM and adapter: nothing is packed on the requesting thread; a one-shot engine never packs."""
     llm_dir, adapter = demo
     engine = Engine(pack_when_idle=pack)
     opts = EncodeOptions(llm=str(llm_dir), adapter=str(adapter), device="cpu", memory="keep")
+    on_caller, original = [], PackedLinear.pack
+    caller = threading.current_thread()
+
+    def spy(self):
+        if threading.current_thread() is caller:
+            on_caller.append(self)
+        original(self)
+
+    monkeypatch.setattr(PackedLinear, "pack", spy)
     engine.get_conditioning(["a cat"], opts, width=1024, height=1024)
     (llm,) = engine._llms.values()
+    (ad,) = engine._adapters.values()
+    ad_layers = [m for m in ad.modules() if isinstance(m, PackedLinear)]
     engine.wait_packed(timeout=120)
-    assert all(m.is_packed for m in _layers(llm)) is pack
-    assert any(m.is_packed for m in _layers(llm)) is pack
+    assert ad_layers and not on_caller
+    for layers in (_layers(llm), ad_layers):
+        assert all(m.is_packed for m in layers) is pack
+        assert any(m.is_packed for m in layers) is pack
