@@ -14,6 +14,7 @@ import torch
 from lib_llmcond.cpu_linear import IdlePacker, pack_linears
 from lib_llmcond.encoders.config import TransformerConfig
 from lib_llmcond.errors import ModelFileError
+from lib_llmcond.heap import release_free_memory
 from lib_llmcond.text.paths import TextPath, TokenBatch, text_path
 from lib_llmcond.text.tokenizer import Tokenizer, load_tokenizer
 
@@ -135,6 +136,7 @@ def load_llm(path: str | Path, *, dtype: torch.dtype, device: str | torch.device
     packer = None
     if device.type == "cpu" and pack_linears(model, at_first_forward=False):
         packer = IdlePacker(model)  # packs when asked (pack_when_idle), never in front of a prompt
+    release_free_memory()  # what the load's temporaries (and a model dropped before it) left in the heap
     return LLM(path, cfg, model, tokenizer, dtype, device, packer=packer)
 
 

@@ -133,6 +133,13 @@ def _swap(
         new: nn.Module = GGUFLinear(raw, info.type_id, info.shape, bias)
     else:
         scale = getattr(old, "embed_scale", None)
-        new = GGUFEmbedding(raw, info.type_id, info.shape, dtype, None if scale is None else float(scale))
+        new = GGUFEmbedding(
+            raw,
+            info.type_id,
+            info.shape,
+            dtype,
+            None if scale is None else float(scale),
+            (gf.path, info.offset),
+        )
     parent_name, leaf = _split(name)
     setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...heap import release_free_memory
 from .attach import attach_gguf
 from .dequant import FLOAT_TYPES
 from .reader import GGUFFile, hf_config, open_gguf
@@ -29,7 +28,7 @@ DENSE_LINEARS_LIMIT = 0.85
 
 def auto_dequantize(gf: GGUFFile, dtype: torch.dtype) -> str:
     """ "linears" when the dense linears fit under ``DENSE_LINEARS_LIMIT`` x the file size, else "none"."""
-    dense = dtype.itemsize * sum(
+    dense = torch.empty((), dtype=dtype).element_size() * sum(
         math.prod(info.shape)
         for name, info in gf.tensors.items()
         if info.type_id not in FLOAT_TYPES and not name.startswith("token_embd")
@@ -70,7 +69,6 @@ def load_gguf_module(
     with parameters_on_meta():
         model = factory(cfg)
     attach_gguf(model, gf, dtype=dtype, device=device, dequantize=dequantize)
-    release_free_memory()  # the dequantization's temporaries
     model.to(device)  # buffers (rope tables); parameters are already there
     return model.eval().requires_grad_(False)
 
