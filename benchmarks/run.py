@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +24,10 @@ ROWS = [
     ("load_cold_s", "load, first in process (files in the page cache)", "s"),
     ("load_warm_s", "load, again (page cache warm)", "s"),
     ("first_encode_s", "first encode after a cold load (77 tokens)", "s"),
+    ("first_image_s", "first image: load + cond + uncond (WebUI path)", "s"),
+    ("cli_77_s", "whole process `encode`, 77-token prompt", "s"),
+    ("cli_512_s", "whole process `encode`, 512-token prompt", "s"),
+    ("pack_s", "background packing after the first request", "s"),
     ("resident_after_load", "resident memory added by the load", "GB"),
     ("resident_after_encode", "resident memory after the encodes", "GB"),
     ("encode_16_s", "encode a 16-token prompt", "s"),
@@ -58,6 +63,44 @@ def run_side(side: str, model: str, args: argparse.Namespace) -> dict:
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+CLI_LENGTHS = (77, 512)
+
+
+def whole_process(m, llm_dir: Path, adapter: Path, repeats: int) -> tuple[dict, dict]:
+    """Min wall time of ``python -m lib_llmcond encode`` and of the reference's process
+    (``benchmarks.reference_encode``) on one prompt, runs interleaved; (ours, transformers)."""
+    from benchmarks.worker import prompt_of
+
+    ours: dict = {}
+    hf: dict = {}
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in CLI_LENGTHS:
+            text = prompt_of(llm_dir, m.family, n)
+            common = ["--llm", str(llm_dir), "--adapter", str(adapter), "--prompt", text]
+            cmds = {
+                "ours": [sys.executable, "-m", "lib_llmcond", "encode", *common, "--out", f"{tmp}/o.st"],
+                "hf": [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.reference_encode",
+                    "--family",
+                    m.family,
+                    *common,
+                    "--out",
+                    f"{tmp}/r.st",
+                ],
+            }
+            times: dict[str, list[float]] = {"ours": [], "hf": []}
+            for _ in range(repeats):
+                for side, cmd in cmds.items():
+                    t0 = time.perf_counter()
+                    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+                    times[side].append(time.perf_counter() - t0)
+            ours[f"cli_{n}_s"], hf[f"cli_{n}_s"] = min(times["ours"]), min(times["hf"])
+    return ours, hf
 
 
 def fmt(value: float | None, unit: str) -> str:
@@ -99,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: a smoke test of the harness")
+    parser.add_argument(
+        "--no-whole-process",
+        dest="whole_process",
+        action="store_false",
+        help="skip the whole-process `encode` rows (one process per run and side)",
+    )
     args = parser.parse_args(argv)
     from benchmarks.models import bench_models, ensure
 
@@ -111,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             warm_page_cache(files)
             sides[side] = run_side(side, key, args)
         ours, hf = sides["ours"], sides["hf"]
+        adapter = ensure(models[key])[1]
+        if adapter is not None and args.whole_process and "error" not in ours:
+            cli_ours, cli_hf = whole_process(models[key], files[0], adapter, args.repeats)
+            ours.update(cli_ours)
+            hf.update(cli_hf)
         out[key] = {"ours": ours, "transformers": hf}
         report.append(table(f"{models[key].name} ({args.device})", ours, hf))
         print(report[-1] + "\n", flush=True)

@@ -8,8 +8,10 @@ model (nothing is loaded or moved, the host is never asked for memory).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -124,13 +126,19 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 class Engine:
     """Loads models on demand, caches encoded texts, returns host-shaped conditioning.
 
-    ``host`` is asked for VRAM when a load or a move onto the GPU needs it (``registry.HostMemory``)."""
+    ``host`` is asked for VRAM when a load or a move onto the GPU needs it (``registry.HostMemory``).
+    ``pack_when_idle``: after each request, CPU models re-lay their weights for oneDNN in the background
+    (``cpu_linear.IdlePacker``); a one-shot caller (the command line) passes False and never pays for it."""
 
-    def __init__(self, cache_size: int = 64, *, host: HostMemory | None = None) -> None:
+    def __init__(
+        self, cache_size: int = 64, *, host: HostMemory | None = None, pack_when_idle: bool = True
+    ) -> None:
         self.cache_size = cache_size
+        self.pack_when_idle = pack_when_idle
         self._lock = threading.RLock()  # cache + tokenizers
         self._work = threading.RLock()  # model loading, placement and forward passes
         self._models = Registry(host)
+        self._packers: weakref.WeakSet = weakref.WeakSet()  # packers of loaded CPU models (for wait_packed)
         self._tokenizers: dict[tuple, object] = {}
         self._cache: OrderedDict[tuple, EncodedText] = OrderedDict()
         self._patched: OrderedDict[tuple, PatchedAdapter] = OrderedDict()  # adapters with LoRAs merged
@@ -210,6 +218,7 @@ class Engine:
     ):
         """(adapter, llm) on ``device``: loaded on the CPU if missing (packed only to compute there)."""
         from lib_llmcond.adapters.loader import load_adapter
+        from lib_llmcond.cpu_linear import defer_packing
         from lib_llmcond.encoders.llm import load_llm
 
         def loading(what: str, load):  # the slow first use says what it does (progress text and console)
@@ -222,14 +231,18 @@ class Engine:
         adapter_key, llm_key = keys
         adapter_id, llm_id = adapter_key[1], llm_key[1]
         pack = device.type == "cpu"
+
+        def load_cpu_adapter():
+            adapter = load_adapter(Path(adapter_id.path), device="cpu", pack=pack)
+            if pack:  # packed between requests, like the LLM, not in front of the first one
+                adapter.idle_packer = defer_packing(adapter)
+            return adapter
+
         common = dict(device=device, policy=opts.memory)
         adapter = self._models.acquire(
             adapter_key,
             adapter_id.path,
-            loading(
-                f"adapter {Path(adapter_id.path).name}",
-                lambda: load_adapter(Path(adapter_id.path), device="cpu", pack=pack),
-            ),
+            loading(f"adapter {Path(adapter_id.path).name}", load_cpu_adapter),
             version=adapter_id,
             module_of=lambda a: a,
             in_use=[llm_key],
@@ -263,6 +276,20 @@ class Engine:
         ids = (identity(opts.llm).fingerprint, identity(opts.adapter).fingerprint)
         return (*ids, str(dtype), str(device), precision, lora_identities(opts))
 
+    # -- CPU packing between requests (cpu_linear.IdlePacker) ----------------------------------------------
+    def _pack_after(self, pipe: Pipeline) -> None:
+        """After a CPU request: let the call's LLM and adapter re-lay their weights in the background."""
+        if not self.pack_when_idle or pipe.llm.device.type != "cpu":
+            return
+        for packer in (pipe.llm.packer, pipe.adapter.idle_packer):
+            if packer is not None:
+                self._packers.add(packer)
+                packer.start()
+
+    def wait_packed(self, timeout: float | None = None) -> bool:
+        """Wait for the background packing of the loaded models (benchmarks measure the steady state)."""
+        return all([p.wait(timeout) for p in list(self._packers)])
+
     # -- encoding ----------------------------------------------------------------------------------
     def encode_texts(
         self, texts: Sequence[str], opts: EncodeOptions, progress: Progress = QUIET
@@ -283,7 +310,9 @@ class Engine:
                 try:
                     pipe, _, used = self._acquire(opts, progress)
                     progress.say(f"encoding {len(missing)} prompt(s) with the LLM")
-                    fresh = pipe.encode([k[2] for k in missing], topts, progress)
+                    with _held_off(pipe.adapter.idle_packer):
+                        fresh = pipe.encode([k[2] for k in missing], topts, progress)
+                    self._pack_after(pipe)
                 except torch.cuda.OutOfMemoryError as e:
                     self.unload()
                     raise LlmcondError(
@@ -383,9 +412,16 @@ class Engine:
 
     def unload(self) -> None:
         """Free every model and the cache of encoded texts."""
+        for packer in list(self._packers):  # a packing thread must not hold a model being freed
+            packer.stop()
         with self._work:
             self._models.clear()
         with self._lock:
             self._patched.clear()
             self._patched_at.clear()
             self._cache.clear()
+
+
+def _held_off(packer) -> contextlib.AbstractContextManager:
+    """While a request runs, the adapter's background packer waits (it never re-lays a layer in use)."""
+    return packer.forward() if packer is not None else contextlib.nullcontext()

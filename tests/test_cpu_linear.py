@@ -1,5 +1,7 @@
 """Pre-packed oneDNN linears: same maths as ``F.linear``, in models and adapters, with clean fallbacks."""
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +9,7 @@ from torch import nn
 
 from lib_llmcond import cpu_linear
 from lib_llmcond.adapters.loader import load_adapter
-from lib_llmcond.cpu_linear import PackedLinear, pack_linears, packing_available
+from lib_llmcond.cpu_linear import IdlePacker, PackedLinear, pack_linears, packing_available
 
 needs_packing = pytest.mark.skipif(
     not packing_available(torch.float32), reason="no oneDNN packed linear here"
@@ -103,3 +105,75 @@ def test_packed_adapter_equals_the_plain_one(demo):
         b = fast(h, m, return_attention=True)
         for x, y in ((a.crossattn, b.crossattn), (a.pooled, b.pooled), (a.attention, b.attention)):
             assert torch.allclose(x, y, atol=1e-5, rtol=1e-5)
+
+
+def _model(at_first_forward: bool) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(32, 32) for _ in range(6)])
+    pack_linears(model, at_first_forward=at_first_forward)
+    return model
+
+
+@needs_packing
+def test_idle_packer_packs_only_when_started():
+    model = _model(at_first_forward=False)
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        want = model(x)
+    layers = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    assert len(layers) == 6 and not any(m.is_packed for m in layers)  # a forward does not pack
+    packer = IdlePacker(model)
+    assert len(packer.pending()) == 6
+    assert packer.start() and packer.wait(timeout=60)
+    assert all(m.is_packed for m in layers) and not packer.start()  # nothing left: no thread
+    with torch.no_grad():
+        assert torch.allclose(model(x), want, atol=1e-5)
+
+
+@needs_packing
+def test_idle_packer_never_packs_during_a_forward():
+    """Forwards on one thread, the packer on another: no layer is packed while a forward is registered, every
+    output equals the dense one, and each layer swaps to its packed weight exactly once."""
+    model = _model(at_first_forward=False)
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        want = model(x)
+    packer = IdlePacker(model)
+    in_forward, violations, packed = [False], [], []
+    original = PackedLinear.pack
+
+    def spy(self):
+        if in_forward[0]:
+            violations.append(self)
+        packed.append(self)
+        original(self)
+
+    PackedLinear.pack = spy
+    try:
+        packer.start()
+        for _ in range(50):
+            with packer.forward():
+                in_forward[0] = True
+                with torch.no_grad():
+                    got = model(x)
+                in_forward[0] = False
+            assert torch.allclose(got, want, atol=1e-5)
+        assert packer.wait(timeout=60)
+    finally:
+        PackedLinear.pack = original
+    assert not violations and len(packed) == 6
+
+
+@needs_packing
+def test_idle_packer_stops_before_a_move():
+    model = _model(at_first_forward=False)
+    packer = IdlePacker(model)
+    with packer.forward():  # hold the packer off, then stop it: nothing gets packed
+        packer.start()
+        stopper = threading.Thread(target=packer.stop)
+        stopper.start()
+    stopper.join(timeout=60)
+    assert not stopper.is_alive() and len(packer.pending()) == 6
+    model.to(torch.float64)  # safe now; float64 cannot be packed, so the next packer leaves them dense
+    assert packer.start() and packer.wait(timeout=60)
+    assert not any(m.is_packed for m in model.modules() if isinstance(m, PackedLinear))

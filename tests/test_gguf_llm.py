@@ -43,3 +43,32 @@ def test_info_reports_quant_types(pair: tuple[Path, Path], tmp_path: Path) -> No
     info = describe_path(path)
     assert info["family"] == "gemma3" and info["hidden_size"] == 64
     assert "Q8_0" in info["quantization"] and "F32" in info["quantization"]
+
+
+def test_small_models_dequantize_their_linears_once(
+    pair: tuple[Path, Path], tmp_path: Path, monkeypatch
+) -> None:
+    """dequantize="linears": dense linears read from the file at load, the embedding stays quantized; the
+    numbers equal the per-forward dequantization's. "auto" picks it when the dense linears fit the limit."""
+    from torch import nn
+
+    from lib_llmcond.encoders.gguf import loader
+    from lib_llmcond.encoders.gguf.quantized import GGUFEmbedding, GGUFLinear
+    from lib_llmcond.encoders.gguf.reader import open_gguf
+
+    path = write_tiny_gguf(pair[0], tmp_path / "q8.gguf", qtype="Q8_0")
+    _, lazy = loader.load_gguf_transformer(path, dtype=torch.float32, dequantize="none")
+    _, dense = loader.load_gguf_transformer(path, dtype=torch.float32, dequantize="linears")
+    assert isinstance(dense.embed_tokens, GGUFEmbedding) and isinstance(
+        lazy.layers[0].mlp.up_proj, GGUFLinear
+    )
+    assert type(dense.layers[0].mlp.up_proj) is nn.Linear
+    ids = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        assert torch.allclose(dense(ids, mask), lazy(ids, mask), atol=1e-5)
+    gf = open_gguf(path)
+    monkeypatch.setattr(loader, "DENSE_LINEARS_LIMIT", 100.0)
+    assert loader.auto_dequantize(gf, torch.bfloat16) == "linears"
+    monkeypatch.setattr(loader, "DENSE_LINEARS_LIMIT", 0.01)
+    assert loader.auto_dequantize(gf, torch.bfloat16) == "none"

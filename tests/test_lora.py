@@ -91,4 +91,6 @@ def test_adding_or_replacing_a_lora_changes_the_identity_and_what_the_engine_ret
     for a, b in ((plain, added), (added, replaced)):
         assert a[0].fingerprint != b[0].fingerprint and a[1] != b[1]  # identity and host cache-key signature
         assert not torch.equal(a[2], b[2])  # the registry reloaded: no stale model, no stale cached encoding
-    assert len(engine._llms) == 1  # the old versions were dropped
+    assert (
+        len([e for e in engine._models.entries() if e.key[0] == "llm"]) == 1
+    )  # the old versions were dropped

@@ -132,10 +132,11 @@ def test_simulated_out_of_memory_frees_and_reports(demo, monkeypatch):
 def test_concurrent_requests_get_their_own_conditioning(demo, tmp_path):
     llm, adapter = demo
     other = build_tiny_adapter(tmp_path / "other.safetensors", seed=5)
-    engine = Engine()
+    engine = Engine()  # packs its models in the background meanwhile
     jobs = [(f"prompt number {i}", adapter if i % 2 else other) for i in range(8)]
     expected = {
-        (t, str(a)): Engine().get_conditioning([t], opts(llm, a), width=1024, height=1024) for t, a in jobs
+        (t, str(a)): Engine(pack_when_idle=False).get_conditioning([t], opts(llm, a), width=1024, height=1024)
+        for t, a in jobs
     }
     results: dict = {}
     errors: list = []
@@ -152,8 +153,8 @@ def test_concurrent_requests_get_their_own_conditioning(demo, tmp_path):
     for t in threads:
         t.join(timeout=300)
     assert not errors
-    for key, cond in results.items():
-        assert torch.equal(cond["crossattn"], expected[key]["crossattn"]), key
+    for key, cond in results.items():  # dense and packed fp32 GEMMs differ only in rounding
+        assert torch.allclose(cond["crossattn"], expected[key]["crossattn"], atol=1e-4, rtol=1e-4), key
     assert len(results) == len(jobs)
 
 

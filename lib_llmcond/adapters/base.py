@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from lib_llmcond.cpu_linear import IdlePacker
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Adapter(nn.Module):
         raise NotImplementedError
 
     static_shapes: bool = False  # whether :meth:`forward_static` runs without host syncs (CUDA graphs)
+    idle_packer: IdlePacker | None = None  # on the CPU: re-lays the linears between requests (engine-owned)
 
     def forward_static(
         self,

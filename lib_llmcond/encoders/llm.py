@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections import OrderedDict
@@ -10,11 +11,12 @@ from pathlib import Path
 
 import torch
 
-from lib_llmcond.cpu_linear import pack_linears
+from lib_llmcond.cpu_linear import IdlePacker, pack_linears
 from lib_llmcond.encoders.config import TransformerConfig
 from lib_llmcond.encoders.transformer import fuse_projections
 from lib_llmcond.errors import ModelFileError
 from lib_llmcond.gpu_encode import GraphRunner
+from lib_llmcond.heap import release_free_memory
 from lib_llmcond.text.paths import TextPath, TokenBatch, text_path
 from lib_llmcond.text.tokenizer import Tokenizer, load_tokenizer
 
@@ -30,6 +32,7 @@ class LLM:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _prefixes: OrderedDict = field(default_factory=OrderedDict, repr=False)  # ids -> PrefixState
     graphs: GraphRunner = field(default_factory=GraphRunner, repr=False)  # the accelerator path's graphs
+    packer: IdlePacker | None = field(default=None, repr=False)  # CPU: packs the linears between requests
 
     @property
     def family(self) -> str:
@@ -45,6 +48,8 @@ class LLM:
     def to_device(self, device: torch.device) -> None:
         with self._lock:
             if self.device != device:
+                if self.packer is not None:
+                    self.packer.stop()  # never move a layer while it is being packed
                 self.model.to(device)
                 self.device = device
                 self._prefixes.clear()
@@ -80,12 +85,24 @@ class LLM:
         d = self.device
         ids, mask, pos = (t.to(d) for t in (batch.input_ids, batch.attention_mask, batch.position_ids))
         p = self.usable_prefix(batch)
-        with _autocast_off(d):
+        gate = self.packer.forward() if self.packer is not None else contextlib.nullcontext()
+        with gate, _autocast_off(d):
             if not p:
                 return self.model(ids, mask, pos)
             state = self._prefix_state(tuple(batch.input_ids[0, :p].tolist()), ids[:1, :p])
             rest = self.model(ids[:, p:], mask[:, p:], pos[:, p:], prefix=state)
             return torch.cat([state.hidden.expand(ids.shape[0], -1, -1), rest], dim=1)
+
+    def pack_when_idle(self) -> bool:
+        """On the CPU, start packing the linears in the background (call it after a request); True while a
+        packer runs. The first prompts after a load run on the dense weights instead of waiting for it."""
+        if self.packer is None or self.device.type != "cpu":
+            return False
+        return self.packer.start()
+
+    def wait_packed(self, timeout: float | None = None) -> bool:
+        """Wait for a running packer; True when every linear is packed (or nothing can be)."""
+        return self.packer is None or self.packer.wait(timeout)
 
     def _prefix_state(self, key: tuple[int, ...], ids: torch.Tensor | None):
         """``key``: the prefix ids as read on the CPU (no device sync); ``ids`` the same on the device, or
@@ -147,11 +164,14 @@ def load_llm(
             path=path,
             fix="choose a folder with config.json and weights, or a .gguf file",
         )
+    packer = None
     if pack and device.type == "cpu":
-        pack_linears(model)
+        if pack_linears(model, at_first_forward=False):
+            packer = IdlePacker(model)  # packs when asked (pack_when_idle), never in front of a prompt
     else:
         fuse_projections(model)
-    return LLM(path, cfg, model, tokenizer, dtype, device)
+    release_free_memory()  # what the load's temporaries (and a model dropped before it) left in the heap
+    return LLM(path, cfg, model, tokenizer, dtype, device, packer=packer)
 
 
 def _gguf_support(path: Path):

@@ -2,7 +2,10 @@
 
 Float tensors and small ones become ordinary parameters in the compute dtype. Quantized tensors of ``nn.Linear`` and
 ``nn.Embedding`` children replace those children with ``GGUFLinear``/``GGUFEmbedding`` holding the raw bytes (on
-CPU: a view of the memory-mapped file, no copy), unless ``dequantize="all"`` asks for dense weights everywhere.
+CPU: a view of the memory-mapped file, no copy), unless ``dequantize="all"`` asks for dense weights everywhere or
+``dequantize="linears"`` for dense linears (the embedding stays quantized, its rows decoded as a prompt uses them).
+Weights dequantized at load are read from the file with plain reads, not through the mapping, so their quantized
+bytes never become resident pages of this process.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from .dequant import FLOAT_TYPES, dequantize
 from .quantized import GGUFEmbedding, GGUFLinear
 from .reader import GGUFFile, check_architecture, hf_name, is_stored_plus_one
 
-DEQUANTIZE_MODES = ("none", "all")
+DEQUANTIZE_MODES = ("none", "linears", "all")
 
 
 def raw_tensor(gf: GGUFFile, name: str, device: torch.device) -> torch.Tensor:
@@ -30,9 +33,22 @@ def raw_tensor(gf: GGUFFile, name: str, device: torch.device) -> torch.Tensor:
     return t if device.type == "cpu" else t.to(device)
 
 
+def read_tensor_bytes(gf: GGUFFile, name: str, device: torch.device) -> torch.Tensor:
+    """A tensor's bytes read into our own memory (the mapping is not touched), ``byte_shape`` uint8."""
+    info = gf.tensors[name]
+    buf = torch.empty(info.n_bytes, dtype=torch.uint8)
+    with gf.path.open("rb") as f:
+        f.seek(info.offset)
+        if f.readinto(buf.numpy()) != info.n_bytes:
+            raise ModelFileError(
+                f"tensor {name} is cut short", path=gf.path, fix="Download the GGUF file again."
+            )
+    return buf.reshape(info.byte_shape).to(device)
+
+
 def dense_tensor(gf: GGUFFile, name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     info = gf.tensors[name]
-    raw = raw_tensor(gf, name, device)
+    raw = read_tensor_bytes(gf, name, device)
     if is_stored_plus_one(gf.architecture, name):
         return (dequantize(raw, info.type_id, info.shape, dtype=torch.float32) - 1.0).to(dtype)
     return dequantize(raw, info.type_id, info.shape, dtype=dtype)
@@ -68,8 +84,9 @@ def attach_gguf(
         del wanted[ours]
         parent_name, leaf = _split(ours)
         parent = model.get_submodule(parent_name)
-        quantized = info.type_id not in FLOAT_TYPES and dequantize == "none" and leaf == "weight"
-        if quantized and isinstance(parent, (nn.Linear, nn.Embedding)):
+        keep = (nn.Linear, nn.Embedding) if dequantize == "none" else (nn.Embedding,)
+        quantized = info.type_id not in FLOAT_TYPES and dequantize != "all" and leaf == "weight"
+        if quantized and isinstance(parent, keep):
             _swap(model, parent_name, parent, gf, gname, dtype, device)
             kept[ours] = info.type_id
             continue
@@ -116,6 +133,13 @@ def _swap(
         new: nn.Module = GGUFLinear(raw, info.type_id, info.shape, bias)
     else:
         scale = getattr(old, "embed_scale", None)
-        new = GGUFEmbedding(raw, info.type_id, info.shape, dtype, None if scale is None else float(scale))
+        new = GGUFEmbedding(
+            raw,
+            info.type_id,
+            info.shape,
+            dtype,
+            None if scale is None else float(scale),
+            (gf.path, info.offset),
+        )
     parent_name, leaf = _split(name)
     setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)

@@ -6,6 +6,7 @@ transformers' classes in the tests); ``load_gguf_transformer`` is it with our na
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,24 @@ import torch
 from torch import nn
 
 from .attach import attach_gguf
+from .dequant import FLOAT_TYPES
 from .reader import GGUFFile, hf_config, open_gguf
+
+# dequantize="auto": the linears are dequantized once at load when their dense copy takes at most this fraction
+# of the file (small models, whose file is mostly the embedding: Gemma-3 270M Q4_K_M, 0.79); resident memory then
+# stays under 1.15x the file and each encode costs what its prompt costs. Larger models keep their linears
+# quantized and dequantize one layer at a time per forward (memory ~ the file, slower per call).
+DENSE_LINEARS_LIMIT = 0.85
+
+
+def auto_dequantize(gf: GGUFFile, dtype: torch.dtype) -> str:
+    """ "linears" when the dense linears fit under ``DENSE_LINEARS_LIMIT`` x the file size, else "none"."""
+    dense = torch.empty((), dtype=dtype).element_size() * sum(
+        math.prod(info.shape)
+        for name, info in gf.tensors.items()
+        if info.type_id not in FLOAT_TYPES and not name.startswith("token_embd")
+    )
+    return "linears" if dense <= DENSE_LINEARS_LIMIT * gf.path.stat().st_size else "none"
 
 
 @contextmanager
@@ -45,6 +63,8 @@ def load_gguf_module(
 ) -> nn.Module:
     """``factory(hf_config_dict)`` built with meta parameters, then filled from the file; eval mode, no grad."""
     gf = path if isinstance(path, GGUFFile) else open_gguf(path)
+    if dequantize == "auto":
+        dequantize = auto_dequantize(gf, dtype)
     cfg = hf_config(gf)
     with parameters_on_meta():
         model = factory(cfg)
@@ -54,9 +74,11 @@ def load_gguf_module(
 
 
 def load_gguf_transformer(
-    path: str | Path, *, dtype: torch.dtype, device: str | torch.device = "cpu", dequantize: str = "none"
+    path: str | Path, *, dtype: torch.dtype, device: str | torch.device = "cpu", dequantize: str = "auto"
 ):
-    """``(TransformerConfig, TextTransformer)`` of a GGUF file; weights stay quantized unless ``dequantize="all"``."""
+    """``(TransformerConfig, TextTransformer)`` of a GGUF file; ``dequantize``: "none" (weights stay
+    quantized), "linears", "all", or "auto" (:func:`auto_dequantize`)."""
+    from ...skeleton import meta_skeleton
     from ..config import config_from_hf
     from ..transformer import TextTransformer
 
@@ -64,7 +86,8 @@ def load_gguf_transformer(
 
     def factory(cfg: dict[str, Any]) -> nn.Module:
         holder["config"] = config_from_hf(cfg, path=path)
-        return TextTransformer(holder["config"])
+        with meta_skeleton():  # no initialisers: they would allocate (and import) for nothing
+            return TextTransformer(holder["config"])
 
     model = load_gguf_module(path, factory, dtype=dtype, device=device, dequantize=dequantize)
     return holder["config"], model

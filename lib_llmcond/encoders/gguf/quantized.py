@@ -7,6 +7,10 @@ embedding decodes only the rows it gathers, since GGUF rows are whole blocks.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,15 +49,34 @@ class GGUFEmbedding(nn.Module):
         shape: tuple[int, int],
         dtype: torch.dtype,
         scale: float | None = None,
+        source: tuple[Path, int] | None = None,
     ):
         super().__init__()
         self.type_id, self.shape, self.dtype = int(type_id), tuple(shape), dtype
         self.num_embeddings, self.embedding_dim = self.shape
         self.register_buffer("qweight", raw, persistent=False)
         self.scale = scale
+        self.source = source  # (file, offset of row 0): on the CPU, rows are read, not faulted in
+
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The raw rows of ``ids``. On the CPU with a known file they are read with ``pread``: touching the
+        mapping would fault in ~64 KB around every row (the kernel's fault-around), which stays resident."""
+        if self.source is None or self.qweight.device.type != "cpu":
+            return self.qweight[ids.to(self.qweight.device)]
+        path, offset = self.source
+        width = self.qweight.shape[-1]
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        buf = np.empty((len(unique), width), dtype=np.uint8)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for i, row in enumerate(unique.tolist()):
+                buf[i] = np.frombuffer(os.pread(fd, width, offset + row * width), dtype=np.uint8)
+        finally:
+            os.close(fd)
+        return torch.from_numpy(buf)[inverse]
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        rows = self.qweight[input_ids.reshape(-1).to(self.qweight.device)]
+        rows = self._rows(input_ids.reshape(-1))
         out = dequantize(rows, self.type_id, (*input_ids.shape, self.embedding_dim), dtype=self.dtype)
         if (
             self.scale is not None

@@ -1,0 +1,32 @@
+"""Give freed heap memory back to the operating system (glibc's ``malloc_trim``; a no-op elsewhere).
+
+glibc keeps memory freed by large temporaries (GGUF dequantization at load) and by the dense weights a packer
+replaced inside its heaps, where it still counts as resident. Trimming after those one-time steps returns it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import sys
+
+
+@functools.cache
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        return None
+
+
+def release_free_memory() -> bool:
+    """Return free heap pages to the OS; True where that was possible."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
