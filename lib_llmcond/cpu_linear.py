@@ -14,10 +14,12 @@ Feature-detected: where torch lacks the oneDNN ops, or oneDNN cannot run the dty
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -185,6 +187,7 @@ class IdlePacker:
                 target=self._run, args=(layers,), name="llmcond-pack", daemon=True
             )
             self._thread.start()
+            _STARTED.add(self)
             return True
 
     def _run(self, layers: list[PackedLinear]) -> None:
@@ -224,6 +227,17 @@ class IdlePacker:
         if thread is not None:
             thread.join(timeout)
         return not self.pending()
+
+
+_STARTED: weakref.WeakSet[IdlePacker] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_packers() -> None:
+    """A packing thread still inside a oneDNN call when the interpreter shuts down aborts the process: stop
+    them (after the layer in progress) before that."""
+    for packer in list(_STARTED):
+        packer.stop()
 
 
 def defer_packing(root: nn.Module) -> IdlePacker | None:

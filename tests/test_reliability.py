@@ -118,7 +118,7 @@ def test_simulated_out_of_memory_frees_and_reports(demo, monkeypatch):
     engine = Engine()
     encode(engine, opts(llm, adapter))
 
-    def boom(self, texts, topts):
+    def boom(self, texts, topts, progress=None):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(pipeline.Pipeline, "encode", boom)
