@@ -10,6 +10,8 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
+from tiny_sdxl import tiny_sdxl_unet  # noqa: E402
+
 from lib_llmcond.diffusers_sdxl import sdxl_prompt_embeds  # noqa: E402
 from lib_llmcond.engine import EncodeOptions  # noqa: E402
 
@@ -22,25 +24,9 @@ def pipe():
         AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
-        UNet2DConditionModel,
     )
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(  # SDXL's conditioning interface at toy width
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=2048,
-        attention_head_dim=(2, 4),
-        norm_num_groups=16,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=2816,
-    )
+    unet = tiny_sdxl_unet()
     vae = AutoencoderKL(
         block_out_channels=(8,),
         down_block_types=("DownEncoderBlock2D",),

@@ -265,7 +265,9 @@ def _check_family(base: Adapter, path: str) -> None:
 def _merged_copy(base: Adapter, deltas: dict[Target, list[tuple[torch.Tensor, torch.Tensor]]]) -> Adapter:
     """A structural copy of ``base`` sharing all its tensors, with the targets' weights replaced by
     ``W + sum(up' @ down)`` (one ``addmm`` per LoRA: no full-size delta is ever held)."""
-    patched = copy.deepcopy(base, _shared_tensors(base))
+    memo = _shared_tensors(base)
+    memo[id(base.idle_packer)] = None  # the base's background packer (engine-owned) is not copied
+    patched = copy.deepcopy(base, memo)
     by_module: dict[str, list[Target]] = {}
     for target in deltas:
         by_module.setdefault(target.module, []).append(target)

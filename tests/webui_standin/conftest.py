@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,3 +93,24 @@ def a1111(tmp_path, monkeypatch):
     from lib_llmcond.webui import script
 
     script.runtime.set_engine(None)
+
+
+@contextlib.contextmanager
+def real_engine_stand(flavour: str, models_root: Path) -> Iterator[Stand]:
+    """A stand-in host with llmcond's script and the real Engine over the models in ``models_root``."""
+    from lib_llmcond.engine import Engine
+    from lib_llmcond.webui import hosts, script, state
+
+    host = Host(flavour, str(models_root)).install()
+    script.runtime.host = hosts.detect_host()
+    engine = Engine()
+    script.runtime.set_engine(engine)
+    module = load_script_module()
+    model = host.load_model("sdxl")
+    state.activate(None)
+    try:
+        yield Stand(host, engine, module.LlmcondScript(), model)
+    finally:
+        host.unload_scripts()
+        host.uninstall()
+        script.runtime.set_engine(None)

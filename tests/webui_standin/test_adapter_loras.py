@@ -181,22 +181,10 @@ def models_root(tmp_path_factory):
 
 @pytest.fixture(params=["a1111", "forge2"])
 def real(request, models_root, monkeypatch):
-    from lib_llmcond.engine import Engine
-    from lib_llmcond.webui import hosts, script, state
-    from webui_standin.conftest import Stand, load_script_module
-    from webui_standin.host import Host
+    from webui_standin.conftest import real_engine_stand
 
-    host = Host(request.param, str(models_root)).install()
-    script.runtime.host = hosts.detect_host()
-    engine = Engine()
-    script.runtime.set_engine(engine)
-    module = load_script_module()
-    model = host.load_model("sdxl")
-    state.activate(None)
-    yield Stand(host, engine, module.LlmcondScript(), model)
-    host.unload_scripts()
-    host.uninstall()
-    script.runtime.set_engine(None)
+    with real_engine_stand(request.param, models_root) as s:
+        yield s
 
 
 def real_args(stand):

@@ -22,47 +22,20 @@ TIME_DIM = 8
 @pytest.fixture
 def real_stand(tmp_path, monkeypatch):
     """A stand-in A1111 with llmcond's script, the real Engine and real tiny models in its model folders."""
-    from lib_llmcond.engine import Engine
     from lib_llmcond.tiny import build_demo_models
-    from lib_llmcond.webui import hosts, script, state
-    from webui_standin.conftest import Stand, load_script_module
-    from webui_standin.host import Host
+    from webui_standin.conftest import real_engine_stand
 
     models = tmp_path / "models"
     build_demo_models(models)
-    host = Host("a1111", str(models)).install()
-    script.runtime.host = hosts.detect_host()
-    engine = Engine()
-    script.runtime.set_engine(engine)
-    module = load_script_module()
-    model = host.load_model("sdxl")
-    state.activate(None)
-    yield Stand(host, engine, module.LlmcondScript(), model)
-    host.unload_scripts()
-    host.uninstall()
-    script.runtime.set_engine(None)
+    with real_engine_stand("a1111", models) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
 def unet():
-    from diffusers import UNet2DConditionModel
+    from tiny_sdxl import tiny_sdxl_unet
 
-    torch.manual_seed(0)
-    model = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=2048,
-        attention_head_dim=(2, 4),
-        norm_num_groups=16,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=TIME_DIM,
-        projection_class_embeddings_input_dim=1280 + 6 * TIME_DIM,
-    )
+    model = tiny_sdxl_unet(TIME_DIM)
     return model.eval()
 
 
