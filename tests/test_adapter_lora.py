@@ -324,26 +324,27 @@ def test_engine_encodes_with_the_patched_adapter(tmp_path, models):
     merged[key] = merged[key] + 0.8 * up @ down
     oracle_file = save_tensors(tmp_path / "merged.safetensors", merged)
 
-    engine = Engine()
+    engine = Engine(pack_when_idle=False)
     plain_opts = engine_opts(models)
     lora_opts = engine_opts(models, adapter_loras=[(lora, 0.8)])  # a list from the Python API
     assert lora_opts.adapter_loras == ((str(lora), 0.8),)
     plain = crossattn(engine, "a red fox", plain_opts)
     got = crossattn(engine, "a red fox", lora_opts)
-    want = crossattn(Engine(), "a red fox", engine_opts(models, adapter=str(oracle_file)))
+    want = crossattn(Engine(pack_when_idle=False), "a red fox", engine_opts(models, adapter=str(oracle_file)))
     assert torch.allclose(got, want, atol=1e-5, rtol=0) and not torch.allclose(got, plain, atol=1e-3)
     (result,) = engine.adapter_lora_results(lora_opts)
     assert result.applied and result.modules == 4
     # without the LoRA again: the base is untouched (a text not encoded before, against a fresh engine)
     assert torch.equal(
-        crossattn(engine, "a blue whale", plain_opts), crossattn(Engine(), "a blue whale", plain_opts)
+        crossattn(engine, "a blue whale", plain_opts),
+        crossattn(Engine(pack_when_idle=False), "a blue whale", plain_opts),
     )
 
 
 def test_signature_and_cache_key_follow_the_loras(tmp_path, models):
     from lib_llmcond.engine import Engine
 
-    engine = Engine()
+    engine = Engine(pack_when_idle=False)
     lora = write_lora(tmp_path / "x.safetensors", qkv_stems(False, seed=70))
     other = write_lora(tmp_path / "y.safetensors", qkv_stems(False, seed=71))
     sig = {
@@ -362,7 +363,7 @@ def test_signature_and_cache_key_follow_the_loras(tmp_path, models):
     full = crossattn(engine, "a cat", engine_opts(models, adapter_loras=[(lora, 1.0)]))
     zero = crossattn(engine, "a cat", engine_opts(models, adapter_loras=[(lora, 0.0)]))
     assert not torch.equal(half, full)
-    assert torch.equal(zero, crossattn(Engine(), "a cat", engine_opts(models)))
+    assert torch.equal(zero, crossattn(Engine(pack_when_idle=False), "a cat", engine_opts(models)))
 
 
 def test_engine_ignores_a_lora_that_does_not_fit(tmp_path, models, caplog):
@@ -370,10 +371,10 @@ def test_engine_ignores_a_lora_that_does_not_fit(tmp_path, models, caplog):
 
     bad = write_lora(tmp_path / "bad.safetensors", {"compression_gate_0": factors(1, 2048, 4096)})
     opts = engine_opts(models, adapter_loras=[(bad, 1.0)])
-    engine = Engine()
+    engine = Engine(pack_when_idle=False)
     with caplog.at_level("WARNING", logger="llmcond"):
         got = crossattn(engine, "a dog", opts)
-    assert torch.equal(got, crossattn(Engine(), "a dog", engine_opts(models)))
+    assert torch.equal(got, crossattn(Engine(pack_when_idle=False), "a dog", engine_opts(models)))
     (result,) = engine.adapter_lora_results(opts)
     assert result.error and "bad" in caplog.text and "other shapes" in caplog.text
 
@@ -393,4 +394,6 @@ def test_cli_adapter_lora(tmp_path, models):
     args = ["encode", "--llm", str(models[0]), "--adapter", str(models[1]), "--prompt", "a fox"]
     assert main([*args, "--adapter-lora", f"{lora}:0.8", "--adapter-lora", str(lora), "--out", str(out)]) == 0
     opts = engine_opts(models, emphasis="None", adapter_loras=[(lora, 0.8), (lora, 1.0)])
-    assert torch.equal(load_file(str(out))["crossattn"], crossattn(Engine(), "a fox", opts))
+    assert torch.equal(
+        load_file(str(out))["crossattn"], crossattn(Engine(pack_when_idle=False), "a fox", opts)
+    )

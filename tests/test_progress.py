@@ -30,7 +30,7 @@ def opts(demo):
 
 
 def test_first_use_says_what_it_loads_then_only_what_it_encodes(opts):
-    engine, rec = Engine(), Recorder()
+    engine, rec = Engine(pack_when_idle=False), Recorder()
     engine.encode_texts(["a cat", "a dog"], opts, rec.progress())
     assert rec.said == [
         ("loading the adapter tiny-adapter.safetensors", True),
@@ -43,12 +43,12 @@ def test_first_use_says_what_it_loads_then_only_what_it_encodes(opts):
 
 
 def test_a_stop_request_ends_the_encode_between_rows_and_the_engine_stays_usable(opts):
-    engine = Engine()
+    engine = Engine(pack_when_idle=False)
     rec = Recorder(stop_after_checks=1)
     with pytest.raises(Interrupted, match="before row 2 of 3"):
         engine.encode_texts(["one", "two", "three"], opts, rec.progress())
     again = engine.encode_texts(["one", "two", "three"], opts)  # nothing half-done was cached
-    fresh = Engine().encode_texts(["one", "two", "three"], opts)
+    fresh = Engine(pack_when_idle=False).encode_texts(["one", "two", "three"], opts)
     assert all(torch.equal(a.crossattn, b.crossattn) for a, b in zip(again, fresh))
 
 
@@ -58,4 +58,4 @@ def test_a_stop_request_ends_a_chunked_prompt_between_chunks(opts):
     long = ", ".join(f"word{i}" for i in range(700))
     rec = Recorder(stop_after_checks=1)
     with pytest.raises(Interrupted, match="before row 2 of"):
-        Engine().encode_texts([long], replace(opts, chunk=True), rec.progress())
+        Engine(pack_when_idle=False).encode_texts([long], replace(opts, chunk=True), rec.progress())

@@ -209,7 +209,7 @@ def library(models_root, text, loras_=()):
         emphasis="None",
         adapter_loras=tuple((str(models_root / "Lora" / f"{n}.safetensors"), m) for n, m in loras_),
     )
-    return Engine().get_conditioning([text], opts, width=832, height=1216)["crossattn"][0]
+    return Engine(pack_when_idle=False).get_conditioning([text], opts, width=832, height=1216)["crossattn"][0]
 
 
 def merged_oracle(models_root, tmp_path, loras_):
@@ -237,7 +237,9 @@ def merged_oracle(models_root, tmp_path, loras_):
     opts = EncodeOptions(
         llm=str(models_root / "LLM" / "tiny-gemma3"), adapter=str(path), device="cpu", emphasis="None"
     )
-    return Engine().get_conditioning(["a fox"], opts, width=832, height=1216)["crossattn"][0]
+    return Engine(pack_when_idle=False).get_conditioning(["a fox"], opts, width=832, height=1216)[
+        "crossattn"
+    ][0]
 
 
 def test_lora_changes_crossattn_by_exactly_the_patched_adapter(real, models_root, tmp_path):
