@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             sides[side] = run_side(side, key, args)
         ours, hf = sides["ours"], sides["hf"]
         adapter = ensure(models[key])[1]
-        if adapter is not None and args.whole_process and "error" not in ours:
+        if adapter is not None and args.whole_process and "error" not in ours and "error" not in hf:
             cli_ours, cli_hf = whole_process(models[key], files[0], adapter, args.repeats)
             ours.update(cli_ours)
             hf.update(cli_hf)
