@@ -115,6 +115,11 @@ def open_page(pw, url):
     page.add_init_script(path=str(REPO / "javascript" / "llmcond.js"))
     page.goto(url)
     page.locator("#txt2img_llmcond").wait_for(timeout=20000)
+    page.wait_for_function(  # the host's counter script has wired the prompt boxes (slow on a loaded machine)
+        "() => ['txt2img_token_counter', 'txt2img_negative_token_counter'].every("
+        "id => document.getElementById(id)?.classList.contains('token-counter-visible'))",
+        timeout=20000,
+    )
     return browser, page
 
 
