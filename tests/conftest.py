@@ -59,3 +59,17 @@ def engine():
     from lib_llmcond.engine import Engine
 
     return Engine(pack_when_idle=False)
+
+
+@pytest.fixture(scope="session")
+def t5_demo(tmp_path_factory):
+    """A tiny random T5Gemma folder (with the tiny Gemma tokenizer) and an adapter of its width, built once."""
+    from lib_llmcond.tiny import build_tiny_adapter
+    from lib_llmcond.tiny.llm import write_tiny_llm
+    from lib_llmcond.tiny.tokenizer import write_tiny_gemma_tokenizer
+
+    root = tmp_path_factory.mktemp("t5")
+    llm = root / "tiny-t5gemma"
+    write_tiny_gemma_tokenizer(llm)
+    write_tiny_llm(llm, "t5gemma", seed=4)
+    return llm, build_tiny_adapter(root / "adapter.safetensors", seed=2)

@@ -22,19 +22,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def t5_models(tmp_path_factory):
-    from lib_llmcond.tiny import build_tiny_adapter
-    from lib_llmcond.tiny.llm import write_tiny_llm
-    from lib_llmcond.tiny.tokenizer import write_tiny_gemma_tokenizer
-
-    root = tmp_path_factory.mktemp("t5")
-    llm = root / "tiny-t5gemma"
-    write_tiny_gemma_tokenizer(llm)
-    write_tiny_llm(llm, "t5gemma", seed=4)
-    return llm, build_tiny_adapter(root / "adapter.safetensors", seed=2)
-
-
 def _pipelines(llm_dir, adapter_path):
     llm = load_llm(llm_dir, dtype=torch.float32)
     adapter = load_adapter(adapter_path)
@@ -45,8 +32,8 @@ def _pipelines(llm_dir, adapter_path):
 
 @pytest.mark.parametrize("emphasis", ["None", "Original"])
 @pytest.mark.parametrize("which", ["gemma", "t5gemma"])
-def test_static_layout_gives_the_eager_outputs(demo, t5_models, which, emphasis):
-    eager, static = _pipelines(*(demo if which == "gemma" else t5_models))
+def test_static_layout_gives_the_eager_outputs(demo, t5_demo, which, emphasis):
+    eager, static = _pipelines(*(demo if which == "gemma" else t5_demo))
     opts = TextOptions(emphasis=emphasis)
     want = eager.encode(PROMPTS, opts)
     got = static.encode(PROMPTS, opts)  # one bucketed batch of four rows

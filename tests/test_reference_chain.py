@@ -46,19 +46,6 @@ def test_batch_of_prompts_equals_each_alone(demo):
         assert (together["vector"][i] - alone["vector"][0]).abs().max().item() <= 1e-4
 
 
-@pytest.fixture(scope="module")
-def t5_demo(tmp_path_factory):
-    from lib_llmcond.tiny import build_tiny_adapter
-    from lib_llmcond.tiny.llm import write_tiny_llm
-    from lib_llmcond.tiny.tokenizer import write_tiny_gemma_tokenizer
-
-    root = tmp_path_factory.mktemp("t5")
-    llm = root / "tiny-t5gemma"
-    write_tiny_gemma_tokenizer(llm)
-    write_tiny_llm(llm, "t5gemma", seed=4)
-    return llm, build_tiny_adapter(root / "adapter.safetensors", seed=2)
-
-
 @pytest.mark.parametrize("prompt", [PROMPTS[0], PROMPTS[2], "", "word " * 700])
 def test_t5gemma_chain_matches_reference(t5_demo, tmp_path, prompt):
     from lib_llmcond.engine import EncodeOptions, Engine
