@@ -28,9 +28,15 @@ make_env() {  # dir packages...
   local dir=$1; shift
   local want; want=$(printf '%s\n' "$@" "${COMMON[@]}" | sha256sum | cut -c1-16)
   if [ -f "$dir/.llmcond-env" ] && [ "$(cat "$dir/.llmcond-env")" = "$want" ]; then return 0; fi
-  if [ ! -x "$dir/bin/python" ]; then "$PY" -m venv "$dir"; fi
+  if [ ! -x "$dir/bin/python" ]; then
+    "$PY" -m venv "$dir"
+    "$PY" dev/share_packages.py seed .venv "$dir" torch  # see dev/setup.sh
+  fi
   "$dir/bin/python" -m pip install -q --disable-pip-version-check "$@" "${COMMON[@]}"
   "$dir/bin/python" -c "import gradio, torch, playwright, pydantic; print('$dir: gradio', gradio.__version__, 'pydantic', pydantic.VERSION)"
+  for other in .venv .venv-gradio3; do
+    if [ "$other" != "$dir" ]; then "$PY" dev/share_packages.py dedupe "$other" "$dir"; fi
+  done
   echo "$want" > "$dir/.llmcond-env"
 }
 make_env .venv-gradio3 "${GRADIO3[@]}"
