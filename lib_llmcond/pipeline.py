@@ -14,6 +14,7 @@ import torch
 from lib_llmcond import gpu_encode
 from lib_llmcond.adapters.base import AdapterOutput
 from lib_llmcond.encoders.llm import LLM
+from lib_llmcond.heap import release_after_forward
 from lib_llmcond.matmul_precision import matmul_precision
 from lib_llmcond.progress import QUIET, Progress
 from lib_llmcond.prompt.weights import MAPPING_POWERS
@@ -205,6 +206,7 @@ class Pipeline:
             inputs, mask = self._adapter_inputs(hidden, batch)
             with torch.inference_mode():
                 out = self.adapter(inputs, mask, return_attention=want_attention)
+            release_after_forward(inputs.device, int(mask.numel()))
             for k, i in enumerate(members):
                 attention = None if out.attention is None else out.attention[k : k + 1]
                 outs[i] = AdapterOutput(out.crossattn[k : k + 1], out.pooled[k : k + 1], attention)

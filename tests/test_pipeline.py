@@ -159,3 +159,18 @@ def test_reports_name_break_blocks_as_blocks_and_chunks_as_chunks(engine, demo):
     r = reports[0]
     assert r.blocks == 2 and r.chunks > 2 and f", 2 blocks, {r.chunks} chunks" in r.describe()
     assert PromptReport(612, 512, chunks=2).describe() == "612/512, 2 chunks"  # chunk mode without BREAK
+
+
+def test_long_cpu_prompts_give_their_activations_back_and_short_ones_skip_the_trim(engine, demo, monkeypatch):
+    """glibc keeps a long prompt's freed activations resident unless trimmed; the trim costs a few ms, so only
+    forwards over ``TRIM_AFTER_TOKENS`` tokens pay it (once after the LLM, once after the adapter)."""
+    from lib_llmcond import heap
+
+    trims = []
+    monkeypatch.setattr(heap, "release_free_memory", lambda: trims.append(1) or True)
+    o = opts(demo, emphasis="None")
+    cond(engine, o, "a red fox")
+    assert trims == []
+    long_prompt = " ".join(["a red fox sitting in the snow"] * (heap.TRIM_AFTER_TOKENS // 5))
+    cond(engine, o, long_prompt)
+    assert len(trims) == 2

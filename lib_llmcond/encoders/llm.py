@@ -16,7 +16,7 @@ from lib_llmcond.encoders.config import TransformerConfig
 from lib_llmcond.encoders.transformer import fuse_projections
 from lib_llmcond.errors import ModelFileError
 from lib_llmcond.gpu_encode import GraphRunner
-from lib_llmcond.heap import release_free_memory
+from lib_llmcond.heap import release_after_forward, release_free_memory
 from lib_llmcond.text.paths import TextPath, TokenBatch, text_path
 from lib_llmcond.text.tokenizer import Tokenizer, load_tokenizer
 
@@ -88,10 +88,13 @@ class LLM:
         gate = self.packer.forward() if self.packer is not None else contextlib.nullcontext()
         with gate, _autocast_off(d):
             if not p:
-                return self.model(ids, mask, pos)
-            state = self._prefix_state(tuple(batch.input_ids[0, :p].tolist()), ids[:1, :p])
-            rest = self.model(ids[:, p:], mask[:, p:], pos[:, p:], prefix=state)
-            return torch.cat([state.hidden.expand(ids.shape[0], -1, -1), rest], dim=1)
+                hidden = self.model(ids, mask, pos)
+            else:
+                state = self._prefix_state(tuple(batch.input_ids[0, :p].tolist()), ids[:1, :p])
+                rest = self.model(ids[:, p:], mask[:, p:], pos[:, p:], prefix=state)
+                hidden = torch.cat([state.hidden.expand(ids.shape[0], -1, -1), rest], dim=1)
+        release_after_forward(d, ids.numel())  # the activations just freed
+        return hidden
 
     def pack_when_idle(self) -> bool:
         """On the CPU, start packing the linears in the background (call it after a request); True while a

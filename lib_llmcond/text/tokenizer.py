@@ -50,6 +50,10 @@ class Tokenizer(ABC):
         for token in {s for s in special_strings if s}:
             groups.setdefault(token[0], {}).setdefault(len(token), set()).add(token)
         self._by_first = {c: sorted(g.items(), reverse=True) for c, g in groups.items()}
+        # jumps straight to the next character that can start a special string (most text has none)
+        self._first_chars = (
+            re.compile("[" + "".join(re.escape(c) for c in sorted(groups)) + "]") if groups else None
+        )
         self.padding_side = special.padding_side
 
     @abstractmethod
@@ -82,11 +86,10 @@ class Tokenizer(ABC):
         """[plain, special, plain, special, ..., plain]: special strings leftmost-longest, like ``re.split`` with
         one group, but indexed by first character (real Gemma files declare thousands of added tokens)."""
         out, start, i = [], 0, 0
-        while i < len(text):
-            groups = self._by_first.get(text[i])
-            match = (
-                next((text[i : i + n] for n, g in groups if text[i : i + n] in g), None) if groups else None
-            )
+        while self._first_chars is not None and (found := self._first_chars.search(text, i)):
+            i = found.start()
+            groups = self._by_first[text[i]]
+            match = next((text[i : i + n] for n, g in groups if text[i : i + n] in g), None)
             if match is None:
                 i += 1
                 continue
@@ -232,8 +235,10 @@ def _user_defined_pieces(model: bytes) -> list[str]:
         return pieces_of_type(model, USER_DEFINED)
 
 
-def _byte_to_char(text: str) -> list[int]:
+def _byte_to_char(text: str) -> list[int] | range:
     """Map each UTF-8 byte index (and the end) to the index of the character containing it."""
+    if text.isascii():  # one byte per character
+        return range(len(text) + 1)
     table = []
     for ci, ch in enumerate(text):
         table.extend([ci] * len(ch.encode("utf-8")))
