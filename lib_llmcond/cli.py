@@ -35,7 +35,7 @@ def _encode(args: argparse.Namespace) -> int:
         adapter_loras=tuple(args.adapter_lora),
     )
     reports: list = []
-    engine = Engine(pack_when_idle=False)  # one shot: packing could never pay back
+    engine = Engine(pack_when_idle=False, map_adapters=True)  # one shot: packing could never pay back
     cond = engine.get_conditioning(
         [args.prompt], opts, width=args.width, height=args.height, is_negative=False, reports=reports
     )

@@ -128,13 +128,21 @@ class Engine:
 
     ``host`` is asked for VRAM when a load or a move onto the GPU needs it (``registry.HostMemory``).
     ``pack_when_idle``: after each request, CPU models re-lay their weights for oneDNN in the background
-    (``cpu_linear.IdlePacker``); a one-shot caller (the command line) passes False and never pays for it."""
+    (``cpu_linear.IdlePacker``); a one-shot caller (the command line) passes False and never pays for it.
+    ``map_adapters``: a CPU adapter's fp32 tensors stay mapped from its file instead of being copied (for a
+    process that exits after its prompts; a long-lived one copies them, so the file stays replaceable)."""
 
     def __init__(
-        self, cache_size: int = 64, *, host: HostMemory | None = None, pack_when_idle: bool = True
+        self,
+        cache_size: int = 64,
+        *,
+        host: HostMemory | None = None,
+        pack_when_idle: bool = True,
+        map_adapters: bool = False,
     ) -> None:
         self.cache_size = cache_size
         self.pack_when_idle = pack_when_idle
+        self.map_adapters = map_adapters
         self._lock = threading.RLock()  # cache + tokenizers
         self._work = threading.RLock()  # model loading, placement and forward passes
         self._models = Registry(host)
@@ -233,7 +241,7 @@ class Engine:
         pack = device.type == "cpu"
 
         def load_cpu_adapter():
-            adapter = load_adapter(Path(adapter_id.path), device="cpu", pack=pack)
+            adapter = load_adapter(Path(adapter_id.path), device="cpu", pack=pack, mapped=self.map_adapters)
             if pack:  # packed between requests, like the LLM, not in front of the first one
                 adapter.idle_packer = defer_packing(adapter)
             return adapter

@@ -3,8 +3,10 @@ a message naming the file, what is wrong and the fix; inspection and LLM pairing
 
 from __future__ import annotations
 
+import gc
 import pathlib
 import re
+import sys
 
 import pytest
 import torch
@@ -276,6 +278,24 @@ def test_loaded_adapter_owns_its_memory(tmp_path):
         before = outputs(adapter)
         path.write_bytes(b"\0" * path.stat().st_size)
         assert_same(outputs(adapter), before)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_a_mapped_adapter_views_its_fp32_file_and_computes_the_same(tmp_path):
+    """The one-shot loading (``mapped``): same parameters, bit for bit, without a copy; bf16 files are read."""
+    big = dict(dim=256, mlp_hidden=1024)  # a 1 MiB fp32 weight: mapped, not read
+    path = small(tmp_path / "f32.safetensors", **big)
+    copied, mapped = load_adapter(path, pack=False), load_adapter(path, pack=False, mapped=True)
+    for (name, a), (_, b) in zip(copied.state_dict().items(), mapped.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert str(path) in pathlib.Path("/proc/self/maps").read_text()
+    del mapped
+    gc.collect()
+    assert str(path) not in pathlib.Path("/proc/self/maps").read_text()
+    half = small(tmp_path / "bf16.safetensors", dtype=torch.bfloat16, **big)
+    adapter = load_adapter(half, pack=False, mapped=True)
+    assert adapter.compression_queries.dtype == torch.float32
+    assert str(half) not in pathlib.Path("/proc/self/maps").read_text()
 
 
 def test_unsupported_dtype_is_refused(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelFileError
-from ..safetensors_file import REDOWNLOAD, SafetensorsFile, read_header, read_tensor
+from ..safetensors_file import REDOWNLOAD, SafetensorsFile, map_tensor, read_header, read_tensor
 
 SAFETENSORS = (".safetensors",)
 PICKLES = (".pth", ".pt", ".bin", ".ckpt")
@@ -34,10 +34,11 @@ class TensorFile:
         return kinds[0] if len(kinds) == 1 else "mixed: " + ", ".join(kinds)
 
     @contextlib.contextmanager
-    def reader(self) -> Iterator[Callable[[str], torch.Tensor]]:
+    def reader(self, *, mapped: bool = False) -> Iterator[Callable[[str], torch.Tensor]]:
         """A function reading one tensor as a contiguous fp32 CPU tensor in our own memory (never a view of
         a mapped file, which must stay replaceable while loaded); the file is opened once and read with
-        plain reads, so the peak is the fp32 weights plus one tensor."""
+        plain reads, so the peak is the fp32 weights plus one tensor. ``mapped``: fp32 tensors of a
+        safetensors file stay mapped from it instead (no copy; for a process that exits after its prompts)."""
         if self._tensors is not None:
             yield lambda key: _fp32(self._tensors[key])
             return
@@ -45,7 +46,10 @@ class TensorFile:
         with self.path.open("rb") as f:
 
             def read(key: str) -> torch.Tensor:
-                t = read_tensor(f, entries[key], self.path, key)
+                entry = entries[key]
+                if mapped and entry.torch_dtype == torch.float32:
+                    return map_tensor(f, entry, self.path, key)
+                t = read_tensor(f, entry, self.path, key)
                 return t if t.dtype == torch.float32 else t.to(torch.float32)
 
             yield read

@@ -54,13 +54,16 @@ def inspect_adapter(path: str | Path) -> AdapterInfo:
     return _info(tf, family, plan, config)
 
 
-def load_adapter(path: str | Path, *, device: str | torch.device = "cpu", pack: bool = True) -> Adapter:
+def load_adapter(
+    path: str | Path, *, device: str | torch.device = "cpu", pack: bool = True, mapped: bool = False
+) -> Adapter:
     """An fp32 adapter in eval mode, loaded strictly; on the CPU its linears are packed for oneDNN unless
-    ``pack`` is False (then the module holds exactly the file's tensors as parameters)."""
+    ``pack`` is False (then the module holds exactly the file's tensors as parameters). ``mapped``: fp32
+    tensors stay mapped from the file (``TensorFile.reader``)."""
     tf = open_tensor_file(path)
     family, plan, config = _analyse(tf)
     module = _build(lambda: _module_for(family, config))
-    with tf.reader() as read:
+    with tf.reader(mapped=mapped) as read:
         state = plan.build(read)
     _load_strict(module, state, tf.path)
     module.requires_grad_(False)
