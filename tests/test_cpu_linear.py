@@ -56,6 +56,24 @@ def test_moving_a_packed_linear_falls_back_to_dense():
 
 
 @needs_packing
+def test_an_unpacked_fp32_layer_runs_through_onednn_with_its_dense_weight(monkeypatch):
+    """Before it is packed (or never, in the one-shot CLI) an fp32 layer still uses oneDNN's linear, on the
+    dense weight: same maths as ``F.linear``, the weight left as it is."""
+    if not cpu_linear.dense_onednn_available(torch.float32):
+        pytest.skip("oneDNN's linear does not take a dense fp32 weight here")
+    calls = []
+    real = cpu_linear._packed_forward
+    monkeypatch.setattr(cpu_linear, "_packed_forward", lambda x, w, b: calls.append(w) or real(x, w, b))
+    g = torch.Generator().manual_seed(2)
+    w, b = torch.randn(48, 32, generator=g), torch.randn(48, generator=g)
+    layer = PackedLinear(w, b, at_first_forward=False)
+    for x in (torch.randn(1, 32, generator=g), torch.randn(2, 9, 32, generator=g)):
+        assert torch.allclose(layer(x), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+    assert len(calls) == 2 and all(c.data_ptr() == w.data_ptr() for c in calls) and "to pack" in repr(layer)
+    assert not cpu_linear.dense_onednn_available(torch.bfloat16)  # bf16 F.linear is oneDNN already
+
+
+@needs_packing
 def test_pack_linears_keeps_the_outputs():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Sequential(nn.Linear(32, 8, bias=False)))
