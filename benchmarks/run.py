@@ -153,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
 
     models = bench_models(args.tiny)
     report, out = [], {}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = (
+        RESULTS / f"bench-{args.device}{'-tiny' if args.tiny else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
     for key in [k.strip() for k in args.models.split(",") if k.strip()]:
         files = [p for p in ensure(models[key]) if p is not None]  # written once, outside the timed runs
         sides = {}
@@ -168,11 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         out[key] = {"ours": ours, "transformers": hf}
         report.append(table(f"{models[key].name} ({args.device})", ours, hf))
         print(report[-1] + "\n", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = (
-        RESULTS / f"bench-{args.device}{'-tiny' if args.tiny else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    )
-    path.write_text(json.dumps(out, indent=2))
+        path.write_text(json.dumps(out, indent=2))  # after each model: a long run cut short keeps its rows
     print(f"JSON: {path}")
     return 0 if all("error" not in v["ours"] for v in out.values()) else 1
 
