@@ -256,20 +256,45 @@ def _ours_engine_rows(llm_dir: Path, adapter: Path, repeats: int, device: str) -
 
 
 # -- the reference's transformers path -----------------------------------------------------------------------
-def run_hf(m, llm_dir: Path, adapter: Path | None, repeats: int, device: str) -> dict:
+def hf_load(m, llm_dir: Path, device: str):
+    """The reference's model class, loaded as it loads it."""
     import transformers
 
+    if llm_dir.suffix == ".gguf":  # transformers dequantizes every tensor to dense
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            llm_dir.parent, gguf_file=llm_dir.name, dtype=DTYPE
+        ).to(device)
+    if m.family == "t5gemma":
+        return transformers.T5GemmaEncoderModel.from_pretrained(
+            llm_dir, is_encoder_decoder=False, dtype=DTYPE
+        ).to(device)
+    cls = {"gemma3": transformers.Gemma3ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM}[m.family]
+    return cls.from_pretrained(llm_dir, dtype=DTYPE).to(device)
+
+
+def first_use(side: str, m, llm_dir: Path, device: str) -> dict:
+    """A fresh process's load and first 77-token encode (run.py repeats it in new processes: a first use can
+    be measured once per process, and one sample on a shared machine is noise)."""
+    warm_runtime(device)
+    t0 = time.perf_counter()
+    if side == "ours":
+        from lib_llmcond.encoders.llm import load_llm
+
+        llm = load_llm(llm_dir, dtype=DTYPE, device=device)
+        load_s = time.perf_counter() - t0
+        encode = _ours_encoder(m, llm, llm_dir, device)
+    else:
+        model = hf_load(m, llm_dir, device).eval()
+        load_s = time.perf_counter() - t0
+        encode = _hf_encoder(m, model, llm_dir, device)
+    t0 = time.perf_counter()
+    encode(77)()
+    return {"load_cold_s": load_s, "first_encode_s": time.perf_counter() - t0}
+
+
+def run_hf(m, llm_dir: Path, adapter: Path | None, repeats: int, device: str) -> dict:
     def load():
-        if llm_dir.suffix == ".gguf":  # transformers dequantizes every tensor to dense
-            return transformers.AutoModelForCausalLM.from_pretrained(
-                llm_dir.parent, gguf_file=llm_dir.name, dtype=DTYPE
-            ).to(device)
-        if m.family == "t5gemma":
-            return transformers.T5GemmaEncoderModel.from_pretrained(
-                llm_dir, is_encoder_decoder=False, dtype=DTYPE
-            ).to(device)
-        cls = {"gemma3": transformers.Gemma3ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM}[m.family]
-        return cls.from_pretrained(llm_dir, dtype=DTYPE).to(device)
+        return hf_load(m, llm_dir, device)
 
     out: dict = {"runtime_bytes": warm_runtime(device)}
     base = rss_bytes()
@@ -380,11 +405,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--first-use", action="store_true", help="only the load and the first encode")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     m = bench_models(args.tiny)[args.model]
     llm_dir, adapter = ensure(m)
+    if args.first_use:
+        print(json.dumps(first_use(args.side, m, llm_dir, args.device)))
+        return
     run = run_ours if args.side == "ours" else run_hf
     result = run(m, llm_dir, adapter, args.repeats, args.device)
     result["weight_bytes"] = weight_bytes(llm_dir)

@@ -24,6 +24,8 @@ def test_benchmark_harness_runs_on_tiny_models(tmp_path):
     path = Path(proc.stdout.strip().splitlines()[-1].removeprefix("JSON: "))
     data = json.loads(path.read_text())
     assert {"ours", "transformers"} <= set(data["gemma"]) and data["gemma"]["ours"]["encode_77_s"] > 0
+    assert "| first encode after a cold load (77 tokens; min over fresh processes) | s |" in proc.stdout
+    assert all(data["gemma"][side]["first_encode_s"] > 0 for side in ("ours", "transformers"))
     path.unlink()
 
 
