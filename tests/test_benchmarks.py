@@ -25,7 +25,9 @@ def test_benchmark_harness_runs_on_tiny_models(tmp_path):
     data = json.loads(path.read_text())
     assert {"ours", "transformers"} <= set(data["gemma"]) and data["gemma"]["ours"]["encode_77_s"] > 0
     assert "| first encode after a cold load (77 tokens; min over fresh processes) | s |" in proc.stdout
-    assert all(data["gemma"][side]["first_encode_s"] > 0 for side in ("ours", "transformers"))
+    ran = [side for side in ("ours", "transformers") if "error" not in data["gemma"][side]]
+    assert "ours" in ran  # the transformers side fails where the pins lack its model classes (A1111's)
+    assert all(data["gemma"][side]["first_encode_s"] > 0 for side in ran)
     path.unlink()
 
 
