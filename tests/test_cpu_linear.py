@@ -1,6 +1,7 @@
 """Pre-packed oneDNN linears: same maths as ``F.linear``, in models and adapters, with clean fallbacks."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -190,6 +191,9 @@ def test_idle_packer_stops_before_a_move():
         packer.start()
         stopper = threading.Thread(target=packer.stop)
         stopper.start()
+        deadline = time.monotonic() + 60
+        while not packer._stop and time.monotonic() < deadline:  # leave the forward only once stop() asked
+            time.sleep(0.001)
     stopper.join(timeout=60)
     assert not stopper.is_alive() and len(packer.pending()) == 6
     model.to(torch.float64)  # safe now; float64 cannot be packed, so the next packer leaves them dense
