@@ -247,7 +247,7 @@ def test_preset_tensor_and_parameter_counts(name, tensors, params):
 def test_attention_weights_follow_torch_multihead_attention_convention():
     """REF files hold ``nn.MultiheadAttention`` tensors: q, k, v stacked in ``in_proj_weight``, True in
     ``key_padding_mask`` = ignore. Our attention on the same tensors gives the same result."""
-    from lib_llmcond.adapters.llm_to_sdxl import MultiheadAttention
+    from lib_llmcond.adapters.llm_to_sdxl import MultiheadAttention, key_bias
 
     torch_mha = torch.nn.MultiheadAttention(64, HEADS, batch_first=True).eval()
     for p in torch_mha.parameters():
@@ -258,6 +258,6 @@ def test_attention_weights_follow_torch_multihead_attention_convention():
     keep = torch.tensor([[True] * 9, [False] * 3 + [True] * 6])
     with torch.no_grad():
         expected, _ = torch_mha(q, kv, kv, key_padding_mask=~keep, need_weights=False)
-        assert torch.allclose(ours(q, kv, keep), expected, atol=1e-5)
+        assert torch.allclose(ours(q, kv, key_bias(keep)), expected, atol=1e-5)
         expected_self, _ = torch_mha(kv, kv, kv, need_weights=False)
         assert torch.allclose(ours(kv, kv), expected_self, atol=1e-5)

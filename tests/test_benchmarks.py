@@ -55,3 +55,17 @@ def test_adapter_lora_benchmark_runs_on_a_tiny_adapter(tmp_path):
     assert (
         "| merge_s |" in proc.stdout and data["targets"] == 24
     )  # 2 blocks x (q, k, v, out, mlp x2) + 12 outside and data["merge_s"] > 0
+
+
+def test_lean_layers_launch_fewer_kernels():
+    """The accelerator's lean layers keep a gemma-3-1b pair at 512 tokens within a kernel budget (the GPU is
+    launch-bound there: ``benchmarks/kernel_count.py``)."""
+    from benchmarks.kernel_count import count, narrowed
+    from benchmarks.models import bench_models
+
+    m = bench_models()["gemma"]
+    lean = sum(count(narrowed(m), "gemma", 2, 512, 27, lean=True).values())
+    op_by_op = sum(count(narrowed(m), "gemma", 2, 512, 27, lean=False).values())
+    layers = m.config["num_hidden_layers"]
+    assert lean <= 26 * layers + 80  # the adapter's ~70 and a few per forward
+    assert lean < 0.4 * op_by_op

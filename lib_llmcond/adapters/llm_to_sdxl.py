@@ -147,14 +147,13 @@ class MultiheadAttention(nn.Module):
         return self._split(q), self._split(k), self._split(v)
 
     def forward(
-        self, query: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor | None = None
+        self, query: torch.Tensor, source: torch.Tensor, key_bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``key_mask`` [B, S] bool, True = attend. Every row must keep at least one key."""
+        """``key_bias``: :func:`key_bias` of the keys to attend to. Every row must keep at least one key."""
         q, k, v = self.qkv(query, source)
         if q.shape[0] != k.shape[0]:
             q = q.expand(k.shape[0], -1, -1, -1)
-        attn_mask = None if key_mask is None else key_mask[:, None, None, :]
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias)
         return self.out_proj(self._merge(ctx))
 
 
@@ -171,9 +170,9 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.GELU(), nn.Linear(mlp_hidden, dim))
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm1(x)
-        x = x + self.attn(h, h, key_mask)
+        x = x + self.attn(h, h, key_bias)
         return x + self.mlp(self.norm2(x))
 
 
@@ -223,10 +222,10 @@ class LLMToSDXLAdapter(Adapter):
         real = real | ~alive[:, None]  # rows without: let them attend to something, then zero the context
         dead = None if bool(alive.all()) else alive
         x = x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
-        key_mask = None if bool(real.all()) else real
+        bias = None if bool(real.all()) else key_bias(real)
         for block in self.wide_attention_blocks:
-            x = _block_forward(block, x, key_mask, dead)
-        y, probs = self._compress(x, key_mask, dead)
+            x = _block_forward(block, x, bias, dead)
+        y, probs = self._compress(x, bias, dead)
         y, pooled = self._narrow_and_pool(y)
         attention = (
             _scatter_attention(probs, index, real & alive[:, None], length) if return_attention else None
@@ -250,9 +249,10 @@ class LLMToSDXLAdapter(Adapter):
             if self.config.llm_dim != self.config.dim:
                 h = self.seq_projection(h)
             x = h + self.input_position_embeddings[0][positions]
+            bias = key_bias(keep)  # once: SDPA would turn a boolean mask into this in every block
             for block in self.wide_attention_blocks:
-                x = block(x, keep)
-            y, probs = self._compress(x, keep, None)
+                x = block(x, bias)
+            y, probs = self._compress(x, bias, None)
             y, pooled = self._narrow_and_pool(y)
             attention = probs.mean(dim=1) * keep[:, None, :] if return_attention else None
         return AdapterOutput(crossattn=y, pooled=pooled, attention=attention)
@@ -285,7 +285,7 @@ class LLMToSDXLAdapter(Adapter):
         return h + self.input_position_embeddings
 
     def _compress(
-        self, x: torch.Tensor, key_mask: torch.Tensor | None, dead: torch.Tensor | None
+        self, x: torch.Tensor, bias: torch.Tensor | None, dead: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """308 learned queries attend to the wide output; always the explicit path, so the outputs do not
         depend on whether the attention map is asked for."""
@@ -294,8 +294,8 @@ class LLMToSDXLAdapter(Adapter):
         k, v = attn.project(x, "kv").split(d, dim=-1)
         k, v = attn._split(k), attn._split(v)
         scores = torch.matmul(q, k.transpose(-1, -2))
-        if key_mask is not None:
-            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        if bias is not None:
+            scores = scores + bias
         probs = scores.softmax(dim=-1)  # [B, H, T, S]
         ctx = attn._merge(torch.matmul(probs, v))
         if dead is not None:
@@ -350,15 +350,21 @@ def _version(p: torch.Tensor) -> int:
         return -1
 
 
+def key_bias(keep: torch.Tensor) -> torch.Tensor:
+    """Keys to attend to, ``keep`` [B, S] bool, as the additive mask [B, 1, 1, S] (0 / -inf) that SDPA makes of
+    a boolean one; adding it to scores is the same as filling the blocked ones with -inf."""
+    bias = torch.zeros(keep.shape, dtype=torch.float32, device=keep.device).masked_fill_(~keep, float("-inf"))
+    return bias[:, None, None, :]
+
+
 def _block_forward(
-    block: TransformerBlock, x: torch.Tensor, key_mask: torch.Tensor | None, dead: torch.Tensor | None
+    block: TransformerBlock, x: torch.Tensor, bias: torch.Tensor | None, dead: torch.Tensor | None
 ) -> torch.Tensor:
     if dead is None:
-        return block(x, key_mask)
+        return block(x, bias)
     h = block.norm1(x)
     q, k, v = block.attn.qkv(h, h)
-    attn_mask = None if key_mask is None else key_mask[:, None, None, :]
-    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     x = x + block.attn.out_proj(block.attn._merge(ctx) * dead[:, None, None])
     return x + block.mlp(block.norm2(x))
 

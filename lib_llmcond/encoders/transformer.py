@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib_llmcond.compat import has_fused_rms_norm, sdpa_supports_enable_gqa
+from lib_llmcond.encoders import lean as lean_ops
 from lib_llmcond.encoders.config import TransformerConfig
+
+
+def accelerated(x: torch.Tensor) -> bool:
+    """Whether ``x`` is computed on an accelerator, where a forward is bound by kernel launches: there the
+    layers take the paths with fewer kernels; the CPU keeps the reference's op-by-op maths."""
+    return x.device.type != "cpu"
 
 
 class RMSNorm(nn.Module):
@@ -26,27 +33,23 @@ class RMSNorm(nn.Module):
         self.eps, self.plus_one = eps, plus_one
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" and has_fused_rms_norm():
-            return self._fused(x)
+        if accelerated(x) and has_fused_rms_norm():
+            return F.rms_norm(x, (x.shape[-1],), self._scale_for(x.dtype), self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.plus_one:
             return (h * (1.0 + self.weight.float())).type_as(x)
         return self.weight * h.to(x.dtype)
 
-    def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        """The same maths through ``F.rms_norm``: on a GPU one kernel instead of about ten (these norms are
-        most of a forward's kernels), still in fp32 with the same casts."""
-        shape = (x.shape[-1],)
-        if self.plus_one:
-            return F.rms_norm(x.float(), shape, self._plus_one_weight(), self.eps).type_as(x)
-        return self.weight * F.rms_norm(x.float(), shape, None, self.eps).to(x.dtype)
-
-    def _plus_one_weight(self) -> torch.Tensor:
-        """``1 + w`` in fp32, made once per placement of the weight (it never changes in place after load)."""
-        key = (self.weight.data_ptr(), self.weight.device)
+    def _scale_for(self, dtype: torch.dtype) -> torch.Tensor:
+        """The scale in ``dtype`` for ``F.rms_norm`` on an accelerator: one kernel instead of about ten (norms
+        are most of a forward's kernels). The fused kernel computes in fp32 and rounds once, so in bf16 the
+        result differs from the formula's by a rounding step at most. Made once per placement of the weight
+        (it never changes in place after load)."""
+        key = (self.weight.data_ptr(), self.weight.device, dtype)
         if getattr(self, "_scale_key", None) != key:
-            self._scale = 1.0 + self.weight.detach().float()
+            w = self.weight.detach()
+            self._scale = ((1.0 + w.float()) if self.plus_one else w).to(dtype)
             self._scale_key = key
         return self._scale
 
@@ -69,9 +72,18 @@ class Rotary:
         return self._on_device[device]
 
     def __call__(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin [B, L, head_dim] in ``dtype``."""
         freqs = position_ids[..., None].float() * self._inv_freq(position_ids.device)
-        emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # [B, 1, L, head_dim]
+        emb = torch.cat([freqs, freqs], dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def tables(self, position_ids: torch.Tensor, dtype: torch.dtype, lean: bool) -> tuple[torch.Tensor, ...]:
+        """What :class:`Attention` applies: ``(cos, sin)`` [B, 1, L, D] for heads-first queries, or on the lean
+        path ``(cos, signed sin)`` [B, L, 1, D] for queries as the projection lays them out."""
+        cos, sin = self(position_ids, dtype)
+        if lean:
+            return cos[:, :, None], lean_ops.signed_sin(sin)[:, :, None]
+        return cos[:, None], sin[:, None]
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -127,7 +139,8 @@ class Attention(nn.Module):
         past: KeyValues | None = None,
         collect: list[KeyValues] | None = None,
     ) -> torch.Tensor:
-        """``past``: keys/values of earlier positions to attend to as well; ``collect``: receives this call's."""
+        """``past``: keys/values of earlier positions to attend to as well; ``collect``: receives this call's.
+        ``mask``: boolean (True = attend), or on the lean path the additive mask of :func:`lean.additive`."""
         cfg = self.cfg
         b, n, _ = x.shape
         q, k, v = self._qkv(x)
@@ -136,12 +149,18 @@ class Attention(nn.Module):
         v = v.reshape(b, n, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = _rotate(q.transpose(1, 2), *rope), _rotate(k.transpose(1, 2), *rope)
+        lean = accelerated(x)
+        if lean:  # rope on the projection's layout; queries go to attention as they are
+            q, k = lean_ops.rotate(q, *rope), lean_ops.rotate(k, *rope).transpose(1, 2)
+        else:
+            q, k = _rotate(q.transpose(1, 2), *rope), _rotate(k.transpose(1, 2), *rope)
         if collect is not None:
             collect.append((k, v))
         if past is not None:
             k = torch.cat([past[0].expand(b, -1, -1, -1), k], dim=2)
             v = torch.cat([past[1].expand(b, -1, -1, -1), v], dim=2)
+        if lean:
+            return self.o_proj(lean_ops.attend(q, k, v, mask, cfg))
         out = _attend(q, k, v, mask, cfg)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, cfg.num_heads * cfg.head_dim))
 
@@ -279,10 +298,11 @@ class TextTransformer(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(offset, offset + n, device=input_ids.device).expand(b, n)
         x = self.embed(input_ids)
-        masks = _MaskCache(cfg, attention_mask, n, x.device, offset)
-        ropes = {False: self._rope_full(position_ids, x.dtype)}
+        lean = accelerated(x)
+        masks = _MaskCache(cfg, attention_mask, n, x.device, offset, x.dtype if lean else None)
+        ropes = {False: self._rope_full.tables(position_ids, x.dtype, lean)}
         if self._rope_local is not self._rope_full:
-            ropes[True] = self._rope_local(position_ids, x.dtype)
+            ropes[True] = self._rope_local.tables(position_ids, x.dtype, lean)
         for i, layer in enumerate(self.layers):
             sliding = cfg.layer_is_sliding(i)
             past = None if prefix is None else prefix.keys_values[i]
@@ -297,12 +317,23 @@ class _MaskCache:
     prefix comes first). Causal models with right padding need no padding mask: real tokens never see later
     (padded) keys, and padded positions are never read. A causal model without a prefix whose sequence fits its
     sliding window needs no mask at all.
+
+    With ``additive`` (a dtype: the lean path), masks are additive in that dtype with query rows folded as
+    :func:`lean.attend` wants them; there a causal model gets an explicit mask wherever ``lean.attend`` cannot
+    say "causal" to SDPA (folded heads, softcapped attention).
     """
 
     def __init__(
-        self, cfg: TransformerConfig, attention_mask: torch.Tensor | None, n: int, device, offset: int = 0
+        self,
+        cfg: TransformerConfig,
+        attention_mask: torch.Tensor | None,
+        n: int,
+        device,
+        offset: int = 0,
+        additive: torch.dtype | None = None,
     ) -> None:
-        self.cfg, self.n, self.device, self.offset = cfg, n, device, offset
+        self.cfg, self.n, self.device, self.offset, self.additive = cfg, n, device, offset, additive
+        self.fold = lean_ops.fold_of(cfg) if additive is not None else 1
         self.keys = None
         if attention_mask is not None and not cfg.causal and not _all_true_on_cpu(attention_mask):
             self.keys = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
@@ -310,14 +341,19 @@ class _MaskCache:
 
     def get(self, sliding: bool) -> torch.Tensor | None:
         if sliding not in self._built:
-            self._built[sliding] = self._build(sliding)
+            mask = self._build(sliding)
+            if self.additive is not None:
+                blocked = lean_ops.blocked_value(self.cfg, self.additive)
+                mask = lean_ops.additive(mask, self.additive, self.fold, blocked)
+            self._built[sliding] = mask
         return self._built[sliding]
 
     def _build(self, sliding: bool) -> torch.Tensor | None:
         cfg, n, offset = self.cfg, self.n, self.offset
         total = offset + n
         window = cfg.sliding_window if sliding and cfg.sliding_window and cfg.sliding_window < total else None
-        if cfg.causal and window is None and offset == 0:
+        explicit = self.additive is not None and (self.fold > 1 or cfg.attn_softcap is not None)
+        if cfg.causal and window is None and offset == 0 and not explicit:
             return None
         queries = torch.arange(offset, total, device=self.device)
         diff = queries[:, None] - torch.arange(total, device=self.device)[None, :]  # query - key

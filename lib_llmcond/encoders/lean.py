@@ -1,0 +1,111 @@
+"""The transformer's maths with fewer kernels, for accelerators, where a forward is bound by kernel launches.
+
+Each function computes what its counterpart in :mod:`transformer` computes, op for op the same formula, with
+the work regrouped: rope as one roll and one fused multiply-add, attention masks made additive once per forward
+(SDPA turns a boolean mask into an additive one on every call), grouped-query attention with a single key/value
+head folded into a plain one-head attention over ``heads x length`` queries (no key/value copies, whatever the
+attention backend supports), softcapped attention with its scalings folded. Results differ from the op-by-op
+path only by rounding (a fused multiply-add rounds once where two ops round twice), checked in
+``tests/test_lean_path.py``; the CPU keeps the op-by-op path.
+
+Layouts: queries and keys stay ``[B, L, heads, head_dim]`` (as the projection writes them) until attention.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lib_llmcond.compat import sdpa_supports_enable_gqa
+from lib_llmcond.encoders.config import TransformerConfig
+
+
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """``sin`` with its first half negated: ``rotate_half(x) * sin == roll(x) * signed_sin(sin)`` exactly
+    (a sign flip is exact), where ``roll`` swaps the two halves."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], dim=-1)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rope on ``x`` [B, L, H, D] with tables [B, L, 1, D]: three kernels instead of five."""
+    half = x.shape[-1] // 2
+    rolled = torch.cat([x[..., half:], x[..., :half]], dim=-1)
+    return torch.addcmul(x * cos, rolled, sin_signed)
+
+
+def additive(
+    mask: torch.Tensor | None, dtype: torch.dtype, fold: int = 1, blocked: float = float("-inf")
+) -> torch.Tensor | None:
+    """A boolean mask [.., Lq, S] (True = attend) as an additive one in ``dtype`` (0 / ``blocked``), which SDPA
+    uses as is. ``fold`` > 1 repeats each query row that many times (for :func:`attend`'s folded heads)."""
+    if mask is None:
+        return None
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, blocked)
+    if fold > 1 and bias.shape[-2] > 1:
+        bias = bias.repeat_interleave(fold, dim=-2)
+    return bias
+
+
+def fold_of(cfg: TransformerConfig) -> int:
+    """How many query rows :func:`attend` stacks per query position: the heads of one key/value group when the
+    attention is computed here (softcapped), all heads when one key/value head serves them all; else 1."""
+    groups = cfg.num_heads // cfg.num_kv_heads
+    if cfg.attn_softcap is not None:
+        return groups
+    return groups if cfg.num_kv_heads == 1 else 1
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, cfg: TransformerConfig
+) -> torch.Tensor:
+    """Attention of ``q`` [B, L, Hq, D] (contiguous) over ``k``, ``v`` [B, Hkv, S, D]; ``bias``: additive mask
+    from :func:`additive` (query rows folded when :func:`fold_of` > 1), None = no mask (bidirectional) or
+    plain causal. Returns [B, L, Hq * D]."""
+    b, n, hq, d = q.shape
+    if cfg.attn_softcap is not None:
+        return _softcapped(q, k, v, bias, cfg)
+    if fold_of(cfg) > 1:  # [B, L, Hq, D] is [B, 1, L * Hq, D]: row (l, h) attends as query l did
+        causal = bias is None and cfg.causal
+        if causal:
+            raise ValueError("folded heads need an explicit causal mask")
+        out = F.scaled_dot_product_attention(
+            q.reshape(b, 1, n * hq, d), k, v, attn_mask=bias, scale=cfg.scaling
+        )
+        return out.reshape(b, n, hq * d)
+    kwargs = {}
+    if hq != k.shape[1]:
+        if sdpa_supports_enable_gqa():
+            kwargs["enable_gqa"] = True
+        else:
+            groups = hq // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    causal = bias is None and cfg.causal
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k, v, attn_mask=bias, is_causal=causal, scale=cfg.scaling, **kwargs
+    )
+    return out.transpose(1, 2).reshape(b, n, hq * d)
+
+
+def blocked_value(cfg: TransformerConfig, dtype: torch.dtype) -> float:
+    """What a blocked position adds to a score: -inf for SDPA (as its boolean masks do); the dtype's lowest value
+    for the softcapped path, as the op-by-op path and transformers' eager attention do (a query whose every key
+    is blocked, a padded one, then averages finite values instead of making NaNs that later layers would read)."""
+    return torch.finfo(dtype).min if cfg.attn_softcap is not None else float("-inf")
+
+
+def _softcapped(q, k, v, bias, cfg: TransformerConfig) -> torch.Tensor:
+    """Gemma-2-style attention, ``softmax(cap * tanh(q k^T * scaling / cap) + mask) v``, with the query heads of
+    each key/value group stacked on the query axis as rows (l, head) (one copy of the queries instead of
+    repeated keys/values); ``bias`` is folded the same way."""
+    b, n, hq, d = q.shape
+    hkv = k.shape[1]
+    g, cap = hq // hkv, cfg.attn_softcap
+    if bias is None and cfg.causal:
+        raise ValueError("softcapped causal attention needs an explicit mask")
+    qf = q.view(b, n, hkv, g, d).transpose(1, 2).reshape(b, hkv, n * g, d)
+    scores = torch.matmul(qf, k.transpose(-1, -2)).mul_(cfg.scaling / cap).tanh_()
+    scores = scores.mul_(cap) if bias is None else torch.add(bias, scores, alpha=cap)
+    probs = scores.softmax(dim=-1)  # fp32 inside the kernel, rounded once: as softmax in fp32, then a cast
+    out = torch.matmul(probs, v)  # [B, Hkv, L * g, D]
+    return out.view(b, hkv, n, g, d).transpose(1, 2).reshape(b, n, hq * d)

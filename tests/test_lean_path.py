@@ -1,0 +1,143 @@
+"""The accelerator's lean layer maths (``encoders/lean.py``: fewer kernels) computes what the op-by-op path
+computes, run here on the CPU by switching the path on: fp32 to 1e-5 (only rounding differs), bf16 within a
+rounding step or two, with padding, sliding windows, a cached prefix, one or several key/value heads, and
+softcapped attention; and whole static encodes stay within the exactness budget."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from lib_llmcond.encoders import lean, transformer
+from lib_llmcond.encoders.weights import load_transformer
+from lib_llmcond.tiny.llm import TINY, write_tiny_llm
+
+
+@pytest.fixture
+def lean_path(monkeypatch):
+    """Switch the accelerator's path on for CPU tensors."""
+    monkeypatch.setattr(transformer, "accelerated", lambda x: True)
+
+
+def _variants() -> list[tuple[str, dict]]:
+    gemma, t5 = TINY["gemma3"], TINY["t5gemma"]
+    return [
+        ("gemma3", gemma),  # two key/value heads: grouped-query attention through SDPA
+        ("gemma3", {**gemma, "num_key_value_heads": 1}),  # one key/value head: heads folded into the queries
+        ("qwen3", TINY["qwen3"]),
+        ("t5gemma", t5),  # bidirectional, softcapped, two key/value heads
+        ("t5gemma", {**t5, "encoder": {**t5["encoder"], "num_key_value_heads": 1}}),
+    ]
+
+
+def _model(tmp_path, family, config, dtype):
+    _, model = load_transformer(write_tiny_llm(tmp_path, family, config=config, seed=5), dtype=dtype)
+    transformer.fuse_projections(model)  # as on an accelerator
+    return model
+
+
+def _inputs(n=21):
+    torch.manual_seed(1)
+    ids = torch.randint(3, 512, (2, n))
+    mask = torch.ones_like(ids)
+    mask[1, 13:] = 0  # the second row is shorter, right padded
+    return ids, mask
+
+
+def _run(model, ids, mask, prefix_len):
+    with torch.no_grad():
+        if not prefix_len or not model.config.causal:
+            return model(ids, mask)
+        state = model.prefix_state(ids[:1, :prefix_len])
+        rest = ids[:, prefix_len:]
+        return model(rest, mask[:, prefix_len:], prefix=state)
+
+
+def _compare(model, ids, mask, prefix_len, monkeypatch) -> tuple[torch.Tensor, torch.Tensor]:
+    want = _run(model, ids, mask, prefix_len)
+    with monkeypatch.context() as m:
+        m.setattr(transformer, "accelerated", lambda x: True)
+        got = _run(model, ids, mask, prefix_len)
+    real = mask[:, prefix_len:].bool() if model.config.causal and prefix_len else mask.bool()
+    return got[real].float(), want[real].float()
+
+
+@pytest.mark.parametrize("prefix_len", [0, 5, 10])  # none, inside and beyond the tiny sliding windows
+@pytest.mark.parametrize("family,config", _variants())
+def test_lean_path_equals_the_op_by_op_path_in_fp32(tmp_path, monkeypatch, family, config, prefix_len):
+    model = _model(tmp_path, family, config, torch.float32)
+    got, want = _compare(model, *_inputs(), prefix_len, monkeypatch)
+    assert (got - want).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("family,config", _variants())
+def test_lean_path_in_bf16_differs_by_rounding_only(tmp_path, monkeypatch, family, config):
+    model = _model(tmp_path, family, config, torch.bfloat16)
+    got, want = _compare(model, *_inputs(), 5, monkeypatch)
+    exact = _run(
+        _model(tmp_path / "fp32", family, config, torch.float32), *_inputs(), 5 if family != "t5gemma" else 0
+    )
+    real = _inputs()[1][:, 5:].bool() if family != "t5gemma" else _inputs()[1].bool()
+    exact = exact[real]
+    # both bf16 runs sit as far from fp32 as each other: the lean path adds no error of its own
+    err_lean, err_ref = (got - exact).abs().mean().item(), (want - exact).abs().mean().item()
+    assert err_lean <= 1.25 * err_ref + 1e-4
+    assert (got - want).abs().max().item() <= 0.1 * exact.abs().max().item()
+
+
+def test_rotate_equals_rotate_half_exactly():
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 3, 16)
+    angles = torch.randn(2, 7, 8)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    want = transformer._rotate(x.transpose(1, 2), cos[:, None], sin[:, None]).transpose(1, 2)
+    got = lean.rotate(x, cos[:, :, None], lean.signed_sin(sin)[:, :, None])
+    assert (got - want).abs().max().item() <= 1e-6
+
+
+def test_additive_masks_fold_query_rows():
+    allowed = torch.tensor([[True, False, False], [True, True, False]])[None, None]
+    bias = lean.additive(allowed, torch.float32, fold=3)
+    assert bias.shape == (1, 1, 6, 3)
+    assert torch.equal(
+        bias[0, 0, :3], torch.tensor([[0.0, -torch.inf, -torch.inf]] * 3)
+    )  # query 0, three heads
+    assert torch.equal(bias[0, 0, 3:], torch.tensor([[0.0, 0.0, -torch.inf]] * 3))
+    keys_only = torch.tensor([[True, True, False]])[:, None, None, :]
+    assert lean.additive(keys_only, torch.float32, fold=3).shape == (1, 1, 1, 3)  # broadcast: nothing to fold
+
+
+def test_fold_follows_the_key_value_heads():
+    from lib_llmcond.encoders.config import config_from_hf
+
+    def fold(raw: dict) -> int:
+        return lean.fold_of(config_from_hf({**raw, "vocab_size": 512}))
+
+    t5 = TINY["t5gemma"]
+    assert fold(TINY["gemma3"]) == 1  # 4 heads over 2: SDPA's grouped query
+    assert fold({**TINY["gemma3"], "num_key_value_heads": 1}) == 4
+    assert fold({**t5, "encoder": {**t5["encoder"], "vocab_size": 512}}) == 2  # softcapped: groups stacked
+
+
+@pytest.mark.parametrize("plus_one", [True, False])
+def test_fused_rms_norm_matches_the_formula(lean_path, plus_one):
+    from lib_llmcond.compat import has_fused_rms_norm
+
+    if not has_fused_rms_norm():
+        pytest.skip("this torch has no F.rms_norm (the formula is used)")
+    norm = transformer.RMSNorm(64, 1e-6, plus_one)
+    with torch.no_grad():
+        norm.weight.normal_(0, 0.3)
+    half = copy.deepcopy(norm).to(torch.bfloat16)  # a bf16 model's norm
+    x = torch.randn(2, 7, 64)
+    with torch.no_grad():
+        got, got32 = half(x.bfloat16()), norm(x)  # the lean path: F.rms_norm in the input's dtype
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(transformer, "accelerated", lambda x: False)
+            want, want32 = half(x.bfloat16()), norm(x)  # the formula
+    assert got.dtype == want.dtype == torch.bfloat16
+    step = want.float().abs() * 2**-7 + 1e-3  # one bf16 rounding step (8 significant bits) at most
+    assert ((got.float() - want.float()).abs() <= step).all()
+    assert (got32 - want32).abs().max().item() <= 1e-5
