@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from lib_llmcond.adapters.base import AdapterOutput
+from lib_llmcond.placement import token as placement_token
 from lib_llmcond.text.paths import TokenBatch
 
 log = logging.getLogger("llmcond")
@@ -126,8 +127,9 @@ def unpack(flat: torch.Tensor, p: StaticPlan) -> dict[str, torch.Tensor]:
 
 
 def placement(*modules: torch.nn.Module) -> tuple:
-    """Where every weight of ``modules`` lives now: a graph is valid only while this stays the same."""
-    return tuple(t.data_ptr() for m in modules for t in (*m.parameters(), *m.buffers()))
+    """Where the weights of ``modules`` live now (:mod:`lib_llmcond.placement`): a graph is valid only while
+    this stays the same."""
+    return tuple(placement_token(m) for m in modules)
 
 
 @dataclass

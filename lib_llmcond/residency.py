@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lib_llmcond import devices
+from lib_llmcond import devices, placement
 from lib_llmcond.cpu_linear import PackedLinear
 
 CPU = torch.device("cpu")
@@ -79,6 +79,7 @@ class Residency:
     def __init__(self, module: nn.Module, *, host_copy: bool) -> None:
         if any(isinstance(m, PackedLinear) for m in module.modules()):
             raise ValueError("a module with CPU-packed linears cannot be moved; load it with pack=False")
+        self._module = module
         self._slots = _slots(module)
         first = self._slots[0].get() if self._slots else torch.empty(0)
         self.device: torch.device = first.device
@@ -108,6 +109,7 @@ class Residency:
             for slot, source in zip(self._slots, sources):
                 slot.set(devices.upload(source, device))
         self.device = device
+        placement.moved(self._module)
 
     def drop_host_copy(self) -> None:
         """Forget the pinned copy (once the module is on its device for good)."""

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+
+from lib_llmcond.placement import TracksMoves
 
 if TYPE_CHECKING:
     from lib_llmcond.cpu_linear import IdlePacker
@@ -21,7 +22,7 @@ class AdapterOutput:
     attention: torch.Tensor | None = None  # [B, T, L]: head-averaged, output tokens on input tokens
 
 
-class Adapter(nn.Module):
+class Adapter(TracksMoves):
     """Base class: fp32, eval mode, autocast off, no gradients.
 
     Subclasses set ``family``, ``llm_dim``, ``max_input_tokens`` (inputs beyond it are cut) and

@@ -16,6 +16,7 @@ from torch import nn
 from lib_llmcond.compat import has_fused_rms_norm, sdpa_supports_enable_gqa
 from lib_llmcond.encoders import lean as lean_ops
 from lib_llmcond.encoders.config import TransformerConfig
+from lib_llmcond.placement import TracksMoves
 
 
 def accelerated(x: torch.Tensor) -> bool:
@@ -254,7 +255,7 @@ NORM_NAMES: dict[str, dict[str, str]] = {
 }
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(TracksMoves):
     """Token ids -> last hidden state after the final norm. No LM head."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
