@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lib_llmcond.errors import ModelFileError
 from lib_llmcond.text.tokenizer import load_tokenizer
@@ -179,3 +181,26 @@ def test_protobuf_free_piece_reader_agrees_with_sentencepiece(tiny_dir):
         "\n\n",
         "\n",
     ]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.sampled_from([*list("ab cd,.\n\t▁éü汉😀<>_0"), "<eos>", "<unk>", "  "]), max_size=30).map(
+        "".join
+    )
+)
+def test_spans_by_piece_length_equal_the_proto_spans(tiny_dir, text):
+    """The fast path (spans from the pieces' lengths, taken only where the pieces spell the text) gives
+    SentencePiece's own spans: ids and offsets equal the proto path's on any text."""
+    tok = _tokenizer(tiny_dir)
+    fast, proto = tok._encode_plain(text), tok._encode_by_proto(text)
+    assert fast.ids == proto.ids and fast.offsets == proto.offsets
+
+
+_TOKENIZERS: dict = {}
+
+
+def _tokenizer(directory: Path):
+    if directory not in _TOKENIZERS:
+        _TOKENIZERS[directory] = load_tokenizer(directory)
+    return _TOKENIZERS[directory]

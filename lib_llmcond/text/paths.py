@@ -72,16 +72,17 @@ class TextPath(Protocol):
 
 
 def _map_offsets(spans, start: int, end: int, shift: int) -> list[Offset]:
-    """Spans inside [start, end) of the rendered text, moved to prompt coordinates; None elsewhere."""
-    out: list[Offset] = []
-    for s, e in spans:
-        if s >= start and e <= end and e > s:
-            out.append((s - start + shift, e - start + shift))
-        elif s < end and e > start:  # a token straddling the template boundary
-            out.append((max(s, start) - start + shift, min(e, end) - start + shift))
-        else:
-            out.append(None)
-    return out
+    """Spans inside [start, end) of the rendered text, moved to prompt coordinates; None elsewhere (a token
+    straddling the template boundary keeps its part inside)."""
+    d = shift - start
+    return [
+        (s + d, e + d)
+        if start <= s < e <= end
+        else (max(s, start) + d, min(e, end) + d)
+        if s < end and e > start
+        else None
+        for s, e in spans
+    ]
 
 
 def _right_padded(
@@ -119,7 +120,7 @@ class GemmaChatPath:
         skip = sum(1 for s, _ in enc.offsets if s < start)
         offsets = _map_offsets(enc.offsets, start, end, lead)
         offsets[:skip] = [None] * skip
-        n_prompt = sum(o is not None for o in offsets)
+        n_prompt = len(offsets) - offsets.count(None)
         return PromptTokens(enc.ids, offsets, skip, len(enc.ids), n_prompt)
 
     def batch(self, rows: list[PromptTokens], tokenizer: Tokenizer, pad_to: int | None = None) -> TokenBatch:
@@ -140,7 +141,7 @@ class T5GemmaPath:
         ids, offsets = list(enc.ids), _map_offsets(enc.offsets, 0, len(prompt), 0)
         if tokenizer.special.add_bos and tokenizer.bos_id is not None:
             ids, offsets = [tokenizer.bos_id, *ids], [None, *offsets]
-        n_prompt = sum(o is not None for o in offsets)
+        n_prompt = len(offsets) - offsets.count(None)
         return PromptTokens(ids, offsets, 0, len(ids), n_prompt)  # truncated to 512 in batch()
 
     def batch(self, rows: list[PromptTokens], tokenizer: Tokenizer, pad_to: int | None = None) -> TokenBatch:

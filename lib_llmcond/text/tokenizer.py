@@ -9,6 +9,7 @@ overlap but never split a character and are never empty.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from abc import ABC, abstractmethod
@@ -113,7 +114,7 @@ class Tokenizer(ABC):
             else:
                 enc = self._encode_plain(piece)
                 ids.extend(enc.ids)
-                offsets.extend((pos + s, pos + e) for s, e in enc.offsets)
+                offsets.extend(enc.offsets if pos == 0 else [(pos + s, pos + e) for s, e in enc.offsets])
             pos += len(piece)
         return TokenizedText(ids, offsets)
 
@@ -166,6 +167,14 @@ class SPTokenizer(Tokenizer):
         super().__init__(special, controls + list(user_defined or []))
 
     def _encode_plain(self, text: str) -> TokenizedText:
+        ids = self._sp.encode(text, out_type=int)
+        pieces = self._sp.id_to_piece(ids)
+        if "".join(pieces).replace("\u2581", " ") == text:  # the pieces spell the text: spans by length
+            ends = list(itertools.accumulate(map(len, pieces)))
+            return TokenizedText(ids, list(zip([0, *ends[:-1]], ends)))
+        return self._encode_by_proto(text)  # normalised text, byte fallback, unknown pieces
+
+    def _encode_by_proto(self, text: str) -> TokenizedText:
         try:
             proto = self._sp.encode_as_proto(text)
         except ImportError:  # sentencepiece's proto output needs protobuf; walk the pieces instead
