@@ -44,7 +44,7 @@ class StaticPlan:
     attention_mask: torch.Tensor  # [B, Lb] 1 = real token
     position_ids: torch.Tensor  # [B, Lb]
     prefix: tuple[int, ...]  # shared prefix token ids run once per LLM (causal models), () = none
-    gather: torch.Tensor  # [B, n] index into the flattened LLM output [B * Lb] + one zero row at the end
+    gather: torch.Tensor  # [B, n] index into the flattened LLM output [B * Lb]
     positions: torch.Tensor  # [B, n] adapter input position of each slot
     keep: torch.Tensor  # [B, n] bool, True = a real adapter input
     slots: list[int]  # real adapter inputs per row
@@ -80,11 +80,13 @@ def plan(batch: TokenBatch, budget: int, causal: bool, prefix_len: int) -> Stati
         if n < width:  # padding continues the positions (never read; keeps rope tables in range)
             pos[i, n:] = pos[i, n - 1] + torch.arange(1, width - n + 1) if n else torch.arange(width - n)
     slots_width = bucket(max(slots))
-    gather = torch.full((b, slots_width), b * width, dtype=torch.long)  # the zero row
+    gather = torch.zeros(b, slots_width, dtype=torch.long)
     positions = torch.zeros(b, slots_width, dtype=torch.long)
     keep = torch.zeros(b, slots_width, dtype=torch.bool)
     for i, (start, k, pad) in enumerate(zip(starts, slots, pads)):
-        gather[i, :k] = i * width + (start - prefix_len) + torch.arange(k)
+        first = i * width + (start - prefix_len)
+        gather[i] = first  # padded slots repeat the row's first input: they are never keys, so never read
+        gather[i, :k] += torch.arange(k)
         positions[i, :k] = pad + torch.arange(k)
         keep[i, :k] = True
     prefix = tuple(batch.input_ids[0, :prefix_len].tolist())
@@ -92,11 +94,8 @@ def plan(batch: TokenBatch, budget: int, causal: bool, prefix_len: int) -> Stati
 
 
 def gather_inputs(hidden: torch.Tensor, gather: torch.Tensor) -> torch.Tensor:
-    """Adapter inputs [B, n, H] (fp32) from the LLM output [B, Lb, H] by a flat index; the index one past the
-    end selects a zero row."""
-    flat = hidden.reshape(-1, hidden.shape[-1]).float()
-    flat = torch.cat([flat, flat.new_zeros(1, flat.shape[-1])])
-    return flat[gather]
+    """Adapter inputs [B, n, H] (fp32) from the LLM output [B, Lb, H] by a flat index."""
+    return hidden.reshape(-1, hidden.shape[-1])[gather].float()
 
 
 # the names ``forward`` reads -> the plan's fields, in the order they are packed
