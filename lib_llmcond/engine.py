@@ -155,8 +155,8 @@ class Engine:
     # -- registry ----------------------------------------------------------------------------------
     def _acquire(
         self, opts: EncodeOptions, progress: Progress = QUIET
-    ) -> tuple[Pipeline, tuple, list[tuple]]:
-        """The pipeline, its cache key and the registry keys of its models (loading and placing them)."""
+    ) -> tuple[Pipeline, list[tuple]]:
+        """The pipeline and the registry keys of its models (loading and placing them)."""
         device = resolve_device(opts.device)
         dtype = resolve_dtype(opts.llm_dtype, device)
         llm_id, adapter_id = identity(opts.llm), identity(opts.adapter)
@@ -177,7 +177,7 @@ class Engine:
             )
         adapter, _ = self._with_loras(adapter, adapter_id, device, opts)
         precision = resolve_precision(opts.adapter_precision, device)
-        return Pipeline(llm, adapter, precision), self._model_key(opts), keys
+        return Pipeline(llm, adapter, precision), keys
 
     # -- adapter LoRAs (adapters/lora.py) ----------------------------------------------------------------
     def _with_loras(
@@ -273,8 +273,8 @@ class Engine:
 
     def pipeline(self, opts: EncodeOptions, progress: Progress = QUIET) -> tuple[Pipeline, tuple]:
         """The pipeline for ``opts`` and the identity key of its models (loads what is missing)."""
-        pipe, key, _ = self._acquire(opts, progress)
-        return pipe, key
+        pipe, _ = self._acquire(opts, progress)
+        return pipe, self._model_key(opts)
 
     def _model_key(self, opts: EncodeOptions) -> tuple:
         """The cache key of ``opts``' models without loading them."""
@@ -316,7 +316,7 @@ class Engine:
             if missing:
                 used: list[tuple] = []
                 try:
-                    pipe, _, used = self._acquire(opts, progress)
+                    pipe, used = self._acquire(opts, progress)
                     progress.say(f"encoding {len(missing)} prompt(s) with the LLM")
                     with _held_off(pipe.adapter.idle_packer):
                         fresh = pipe.encode([k[2] for k in missing], topts, progress)
