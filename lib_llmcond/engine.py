@@ -153,9 +153,7 @@ class Engine:
         self._patched_at: dict[tuple, tuple] = {}  # where each patched copy's base weights were
 
     # -- registry ----------------------------------------------------------------------------------
-    def _acquire(
-        self, opts: EncodeOptions, progress: Progress = QUIET
-    ) -> tuple[Pipeline, list[tuple]]:
+    def _acquire(self, opts: EncodeOptions, progress: Progress = QUIET) -> tuple[Pipeline, list[tuple]]:
         """The pipeline and the registry keys of its models (loading and placing them)."""
         device = resolve_device(opts.device)
         dtype = resolve_dtype(opts.llm_dtype, device)

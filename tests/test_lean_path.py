@@ -97,16 +97,18 @@ def test_rotate_equals_rotate_half_exactly():
     assert (got - want).abs().max().item() <= 1e-6
 
 
-def test_additive_masks_fold_query_rows():
-    allowed = torch.tensor([[True, False, False], [True, True, False]])[None, None]
-    bias = lean.additive(allowed, torch.float32, fold=3)
-    assert bias.shape == (1, 1, 6, 3)
-    assert torch.equal(
-        bias[0, 0, :3], torch.tensor([[0.0, -torch.inf, -torch.inf]] * 3)
-    )  # query 0, three heads
-    assert torch.equal(bias[0, 0, 3:], torch.tensor([[0.0, 0.0, -torch.inf]] * 3))
-    keys_only = torch.tensor([[True, True, False]])[:, None, None, :]
-    assert lean.additive(keys_only, torch.float32, fold=3).shape == (1, 1, 1, 3)  # broadcast: nothing to fold
+def test_masks_fold_query_rows_for_folded_heads():
+    from lib_llmcond.encoders.config import config_from_hf
+
+    cfg = config_from_hf({**TINY["gemma3"], "vocab_size": 512, "num_key_value_heads": 1})
+    masks = transformer._MaskCache(cfg, None, 2, "cpu", offset=1, additive=torch.float32)
+    bias = masks.get(False)  # causal, keys at 0..2, queries at 1..2, four heads each
+    assert bias.shape == (1, 1, 8, 3)
+    inf = torch.inf
+    assert torch.equal(bias[0, 0, :4], torch.tensor([[0.0, 0.0, -inf]] * 4))  # query 1, heads 0-3
+    assert torch.equal(bias[0, 0, 4:], torch.tensor([[0.0, 0.0, 0.0]] * 4))  # query 2
+    plain = transformer._MaskCache(cfg, None, 2, "cpu", offset=1).get(False)  # the op-by-op path
+    assert plain.shape == (1, 1, 2, 3) and plain.dtype == torch.bool
 
 
 def test_fold_follows_the_key_value_heads():

@@ -35,16 +35,13 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torc
 
 
 def additive(
-    mask: torch.Tensor | None, dtype: torch.dtype, fold: int = 1, blocked: float = float("-inf")
+    mask: torch.Tensor | None, dtype: torch.dtype, blocked: float = float("-inf")
 ) -> torch.Tensor | None:
-    """A boolean mask [.., Lq, S] (True = attend) as an additive one in ``dtype`` (0 / ``blocked``), which SDPA
-    uses as is. ``fold`` > 1 repeats each query row that many times (for :func:`attend`'s folded heads)."""
+    """A boolean mask (True = attend) as an additive one in ``dtype`` (0 / ``blocked``), which SDPA uses as is
+    (it would convert a boolean mask in every call)."""
     if mask is None:
         return None
-    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, blocked)
-    if fold > 1 and bias.shape[-2] > 1:
-        bias = bias.repeat_interleave(fold, dim=-2)
-    return bias
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, blocked)
 
 
 def fold_of(cfg: TransformerConfig) -> int:
@@ -60,8 +57,8 @@ def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, cfg: TransformerConfig
 ) -> torch.Tensor:
     """Attention of ``q`` [B, L, Hq, D] (contiguous) over ``k``, ``v`` [B, Hkv, S, D]; ``bias``: additive mask
-    from :func:`additive` (query rows folded when :func:`fold_of` > 1), None = no mask (bidirectional) or
-    plain causal. Returns [B, L, Hq * D]."""
+    (from :func:`additive`, with query rows (l, head) when :func:`fold_of` > 1, as the transformer's mask cache
+    builds them), None = no mask (bidirectional) or plain causal. Returns [B, L, Hq * D]."""
     b, n, hq, d = q.shape
     if cfg.attn_softcap is not None:
         return _softcapped(q, k, v, bias, cfg)

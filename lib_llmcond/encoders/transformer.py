@@ -345,7 +345,7 @@ class _MaskCache:
             mask = self._build(sliding)
             if self.additive is not None:
                 blocked = lean_ops.blocked_value(self.cfg, self.additive)
-                mask = lean_ops.additive(mask, self.additive, self.fold, blocked)
+                mask = lean_ops.additive(mask, self.additive, blocked)
             self._built[sliding] = mask
         return self._built[sliding]
 
@@ -356,9 +356,10 @@ class _MaskCache:
         explicit = self.additive is not None and (self.fold > 1 or cfg.attn_softcap is not None)
         if cfg.causal and window is None and offset == 0 and not explicit:
             return None
-        queries = torch.arange(offset, total, device=self.device)
+        rows = n * self.fold  # folded heads: query rows (l, head), each with query l's mask
+        queries = offset + torch.arange(rows, device=self.device) // self.fold
         diff = queries[:, None] - torch.arange(total, device=self.device)[None, :]  # query - key
-        allowed = torch.ones(n, total, dtype=torch.bool, device=self.device)
+        allowed = torch.ones(rows, total, dtype=torch.bool, device=self.device)
         if cfg.causal:
             allowed = diff >= 0
         if window is not None:
