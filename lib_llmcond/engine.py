@@ -24,7 +24,7 @@ from lib_llmcond import devices
 from lib_llmcond.compat import bf16_supported
 from lib_llmcond.conditioning import POOLED_DIM, make_vector, pad_blocks
 from lib_llmcond.errors import IncompatibleModelsError, LlmcondError, ModelFileError
-from lib_llmcond.gpu_encode import placement
+from lib_llmcond.gpu_encode import addresses
 from lib_llmcond.matmul_precision import PRECISIONS, resolve_precision
 from lib_llmcond.models import Identity, identity
 from lib_llmcond.pipeline import DEFAULT_MAPPING, EncodedText, Pipeline, PromptReport, TextOptions
@@ -189,7 +189,7 @@ class Engine:
         if not lora_key:
             return base, ()
         key = (adapter_id, str(device), lora_key)
-        where = placement(base)  # the copy shares the base's tensors: a base moved since means a new copy
+        where = addresses(base)  # the copy shares the base's tensors: a base moved since means a new copy
         with self._lock:
             patched = self._patched.get(key)
             if patched is not None:

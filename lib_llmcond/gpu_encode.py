@@ -125,9 +125,14 @@ def unpack(flat: torch.Tensor, p: StaticPlan) -> dict[str, torch.Tensor]:
     return out
 
 
+def addresses(*modules: torch.nn.Module) -> tuple:
+    """Where every weight of ``modules`` lives now: a graph is valid exactly while this stays the same."""
+    return tuple(t.data_ptr() for m in modules for t in (*m.parameters(), *m.buffers()))
+
+
 def placement(*modules: torch.nn.Module) -> tuple:
-    """Where the weights of ``modules`` live now (:mod:`lib_llmcond.placement`): a graph is valid only while
-    this stays the same."""
+    """The placement tokens of ``modules`` (:mod:`lib_llmcond.placement`): while they are the ones a graph was
+    captured with, nothing moved and the graph is valid without looking at every weight."""
     return tuple(placement_token(m) for m in modules)
 
 
@@ -138,7 +143,8 @@ class _Graph:
     flat: torch.Tensor  # the packed inputs on the device, read by the graph
     copied: object  # torch.cuda.Event: the last copy out of ``staging`` is done
     outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
-    placement: tuple
+    placement: tuple  # the tokens at capture, or since the addresses were last found unchanged
+    addresses: tuple
     holds: tuple  # tensors the graph reads besides the weights (prefix keys/values): kept alive with it
 
 
@@ -168,8 +174,13 @@ class GraphRunner:
             entry = self._graphs.get(key)
             where = placement(llm.model, adapter)
             if entry is not None and entry.placement != where:
-                del self._graphs[key]
-                entry = None
+                # moved: still valid where every weight came back to the same address (an offloading
+                # policy's round trip often does, through the caching allocator)
+                if entry.addresses == addresses(llm.model, adapter):
+                    entry.placement = where
+                else:
+                    del self._graphs[key]
+                    entry = None
             if entry is None:
                 entry = self._capture(llm, adapter, p, flat, attention, device, where, key)
                 if entry is None:
@@ -211,7 +222,7 @@ class GraphRunner:
         copied.record()
         holds = () if state is None else (state,)
         outputs = (out.crossattn, out.pooled, out.attention)
-        return _Graph(graph, staging, static, copied, outputs, where, holds)
+        return _Graph(graph, staging, static, copied, outputs, where, addresses(llm.model, adapter), holds)
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
