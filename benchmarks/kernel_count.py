@@ -92,7 +92,8 @@ def count(
         "keep": torch.ones(b, slots, dtype=torch.bool),
     }
     with mock.patch.object(transformer, "accelerated", lambda x: lean):
-        llm.prefix_state_for(prefix)  # computed once per LLM, outside the graph
+        gpu_encode.forward(llm, adapter, inputs, prefix, False)  # the warm-up a capture runs first (prefix
+        # state, norm scales, the adapter's query constants: made once, outside the graph)
         with OpCounter() as counter:
             gpu_encode.forward(llm, adapter, inputs, prefix, False)
     return counter.ops
