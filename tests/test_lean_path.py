@@ -18,7 +18,7 @@ from lib_llmcond.tiny.llm import TINY, write_tiny_llm
 @pytest.fixture
 def lean_path(monkeypatch):
     """Switch the accelerator's path on for CPU tensors."""
-    monkeypatch.setattr(transformer, "accelerated", lambda x: True)
+    monkeypatch.setattr(transformer, "on_accelerator", lambda x: True)
 
 
 def _variants() -> list[tuple[str, dict]]:
@@ -58,7 +58,7 @@ def _run(model, ids, mask, prefix_len):
 def _compare(model, ids, mask, prefix_len, monkeypatch) -> tuple[torch.Tensor, torch.Tensor]:
     want = _run(model, ids, mask, prefix_len)
     with monkeypatch.context() as m:
-        m.setattr(transformer, "accelerated", lambda x: True)
+        m.setattr(transformer, "on_accelerator", lambda x: True)
         got = _run(model, ids, mask, prefix_len)
     real = mask[:, prefix_len:].bool() if model.config.causal and prefix_len else mask.bool()
     return got[real].float(), want[real].float()
@@ -101,13 +101,13 @@ def test_masks_fold_query_rows_for_folded_heads():
     from lib_llmcond.encoders.config import config_from_hf
 
     cfg = config_from_hf({**TINY["gemma3"], "vocab_size": 512, "num_key_value_heads": 1})
-    masks = transformer._MaskCache(cfg, None, 2, "cpu", offset=1, additive=torch.float32)
+    masks = transformer.MaskCache(cfg, None, 2, "cpu", offset=1, additive=torch.float32)
     bias = masks.get(False)  # causal, keys at 0..2, queries at 1..2, four heads each
     assert bias.shape == (1, 1, 8, 3)
     inf = torch.inf
     assert torch.equal(bias[0, 0, :4], torch.tensor([[0.0, 0.0, -inf]] * 4))  # query 1, heads 0-3
     assert torch.equal(bias[0, 0, 4:], torch.tensor([[0.0, 0.0, 0.0]] * 4))  # query 2
-    plain = transformer._MaskCache(cfg, None, 2, "cpu", offset=1).get(False)  # the op-by-op path
+    plain = transformer.MaskCache(cfg, None, 2, "cpu", offset=1).get(False)  # the op-by-op path
     assert plain.shape == (1, 1, 2, 3) and plain.dtype == torch.bool
 
 
@@ -136,10 +136,52 @@ def test_fused_rms_norm_matches_the_formula(lean_path, plus_one):
     x = torch.randn(2, 7, 64)
     with torch.no_grad():
         got, got32 = half(x.bfloat16()), norm(x)  # the lean path: F.rms_norm in the input's dtype
-        with pytest.MonkeyPatch.context() as m:
-            m.setattr(transformer, "accelerated", lambda x: False)
+        with transformer.op_by_op():
             want, want32 = half(x.bfloat16()), norm(x)  # the formula
     assert got.dtype == want.dtype == torch.bfloat16
     step = want.float().abs() * 2**-7 + 1e-3  # one bf16 rounding step (8 significant bits) at most
     assert ((got.float() - want.float()).abs() <= step).all()
     assert (got32 - want32).abs().max().item() <= 1e-5
+
+
+# -- the check before a model computes on a device (encoders/lean_check.py) --------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family,config", _variants())
+def test_the_check_passes_healthy_models(tmp_path, lean_path, family, config, dtype):
+    from lib_llmcond.encoders.lean_check import lean_agrees
+
+    assert lean_agrees(_model(tmp_path, family, config, dtype), torch.device("cpu"), dtype)
+
+
+def test_a_lean_form_that_disagrees_sends_the_model_to_the_op_by_op_maths(
+    tmp_path, lean_path, monkeypatch, caplog
+):
+    from lib_llmcond.encoders.llm import load_llm
+    from lib_llmcond.tiny.tokenizer import write_tiny_gemma_tokenizer
+
+    monkeypatch.setattr(lean, "rotate", lambda x, cos, sin: x)  # a broken lean form: rope left out
+    write_tiny_gemma_tokenizer(tmp_path)
+    with caplog.at_level("WARNING", logger="llmcond"):  # the CPU plays the accelerator (lean_path)
+        llm = load_llm(write_tiny_llm(tmp_path, "gemma3", seed=5), dtype=torch.float32)
+    assert llm.model.lean is False and "disagrees" in caplog.text
+    ids, mask = _inputs()
+    with torch.no_grad():
+        got = llm.model(ids, mask)
+        with transformer.op_by_op():
+            want = llm.model(ids, mask)
+    assert torch.equal(got, want)  # the model now computes the op-by-op way
+
+
+def test_a_lean_form_that_fails_sends_the_model_to_the_op_by_op_maths(
+    tmp_path, lean_path, monkeypatch, caplog
+):
+    from lib_llmcond.encoders.lean_check import lean_agrees
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no kernel for this layout")
+
+    monkeypatch.setattr(lean, "attend", refuse)
+    model = _model(tmp_path, "gemma3", TINY["gemma3"], torch.float32)
+    with caplog.at_level("WARNING", logger="llmcond"):
+        assert not lean_agrees(model, torch.device("cpu"), torch.float32)
+    assert "no kernel for this layout" in caplog.text

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 
 from lib_llmcond.cpu_linear import IdlePacker, pack_linears
+from lib_llmcond.encoders import transformer
 from lib_llmcond.encoders.config import TransformerConfig
+from lib_llmcond.encoders.lean_check import lean_agrees
 from lib_llmcond.encoders.transformer import fuse_projections
 from lib_llmcond.errors import ModelFileError
 from lib_llmcond.gpu_encode import GraphRunner
@@ -33,6 +35,9 @@ class LLM:
     _prefixes: OrderedDict = field(default_factory=OrderedDict, repr=False)  # ids -> PrefixState
     graphs: GraphRunner = field(default_factory=GraphRunner, repr=False)  # the accelerator path's graphs
     packer: IdlePacker | None = field(default=None, repr=False)  # CPU: packs the linears between requests
+    _lean_verdicts: dict = field(
+        default_factory=dict, repr=False
+    )  # (device, dtype) -> lean maths agreed there
 
     @property
     def family(self) -> str:
@@ -54,6 +59,17 @@ class LLM:
                 self.device = device
                 self._prefixes.clear()
                 self.graphs.clear()
+            self.check_lean()
+
+    def check_lean(self) -> None:
+        """Off the CPU, once per device and dtype: whether the lean layer maths agrees with the op-by-op maths
+        there (:mod:`lean_check`); where it does not, the model keeps the op-by-op maths on that device."""
+        if not transformer.on_accelerator(torch.empty(0, device=self.device)):
+            return
+        key = (str(self.device), self.dtype)
+        if key not in self._lean_verdicts:
+            self._lean_verdicts[key] = lean_agrees(self.model, self.device, self.dtype)
+        self.model.lean = self._lean_verdicts[key]
 
     def usable_prefix(self, batch: TokenBatch) -> int:
         """How many leading tokens of ``batch`` run once per LLM as a cached prefix (0 = none)."""
@@ -174,7 +190,9 @@ def load_llm(
     else:
         fuse_projections(model)
     release_free_memory()  # what the load's temporaries (and a model dropped before it) left in the heap
-    return LLM(path, cfg, model, tokenizer, dtype, device, packer=packer)
+    llm = LLM(path, cfg, model, tokenizer, dtype, device, packer=packer)
+    llm.check_lean()
+    return llm
 
 
 def _gguf_support(path: Path):

@@ -7,6 +7,9 @@ transformers' modeling files for each family (norm casts included), without an L
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -18,11 +21,29 @@ from lib_llmcond.encoders import lean as lean_ops
 from lib_llmcond.encoders.config import TransformerConfig
 from lib_llmcond.placement import TracksMoves
 
+_mode = threading.local()
+
+
+def on_accelerator(x: torch.Tensor) -> bool:
+    return x.device.type != "cpu"
+
 
 def accelerated(x: torch.Tensor) -> bool:
-    """Whether ``x`` is computed on an accelerator, where a forward is bound by kernel launches: there the
-    layers take the paths with fewer kernels; the CPU keeps the reference's op-by-op maths."""
-    return x.device.type != "cpu"
+    """Whether the layers compute ``x`` the lean way (:mod:`lean`: fewer kernels, for accelerators, where a
+    forward is bound by kernel launches); the CPU, and any call inside :func:`op_by_op`, keep the reference's
+    op-by-op maths."""
+    return on_accelerator(x) and not getattr(_mode, "op_by_op", False)
+
+
+@contextlib.contextmanager
+def op_by_op() -> Iterator[None]:
+    """The reference's op-by-op layer maths for the calls inside, on any device (this thread)."""
+    before = getattr(_mode, "op_by_op", False)
+    _mode.op_by_op = True
+    try:
+        yield
+    finally:
+        _mode.op_by_op = before
 
 
 class RMSNorm(nn.Module):
@@ -267,6 +288,7 @@ class TextTransformer(TracksMoves):
         local = cfg.rope_local_theta
         self._rope_full = Rotary(cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor)
         self._rope_local = Rotary(cfg.head_dim, local) if local is not None else self._rope_full
+        self.lean = True  # False: the op-by-op maths everywhere (set where the lean forms failed a check)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
@@ -293,6 +315,19 @@ class TextTransformer(TracksMoves):
         return PrefixState(collect, hidden)
 
     def _run(self, input_ids, attention_mask, position_ids, prefix, collect) -> torch.Tensor:
+        if not self.lean:
+            with op_by_op():
+                return self._layers_run(input_ids, attention_mask, position_ids, prefix, collect)
+        return self._layers_run(input_ids, attention_mask, position_ids, prefix, collect)
+
+    def rope_tables(self, position_ids: torch.Tensor, dtype: torch.dtype, lean: bool) -> dict[bool, tuple]:
+        """Rope tables per layer kind (sliding or not) for :class:`Attention`."""
+        ropes = {False: self._rope_full.tables(position_ids, dtype, lean)}
+        if self._rope_local is not self._rope_full:
+            ropes[True] = self._rope_local.tables(position_ids, dtype, lean)
+        return ropes
+
+    def _layers_run(self, input_ids, attention_mask, position_ids, prefix, collect) -> torch.Tensor:
         cfg = self.config
         b, n = input_ids.shape
         offset = 0 if prefix is None else prefix.length
@@ -300,10 +335,8 @@ class TextTransformer(TracksMoves):
             position_ids = torch.arange(offset, offset + n, device=input_ids.device).expand(b, n)
         x = self.embed(input_ids)
         lean = accelerated(x)
-        masks = _MaskCache(cfg, attention_mask, n, x.device, offset, x.dtype if lean else None)
-        ropes = {False: self._rope_full.tables(position_ids, x.dtype, lean)}
-        if self._rope_local is not self._rope_full:
-            ropes[True] = self._rope_local.tables(position_ids, x.dtype, lean)
+        masks = MaskCache(cfg, attention_mask, n, x.device, offset, x.dtype if lean else None)
+        ropes = self.rope_tables(position_ids, x.dtype, lean)
         for i, layer in enumerate(self.layers):
             sliding = cfg.layer_is_sliding(i)
             past = None if prefix is None else prefix.keys_values[i]
@@ -311,7 +344,7 @@ class TextTransformer(TracksMoves):
         return self.norm(x) if cfg.final_norm else x
 
 
-class _MaskCache:
+class MaskCache:
     """Boolean attention masks [B, 1, L, offset + L] (True = attend), built once per kind and only when needed.
 
     Queries sit at positions ``offset..offset+L-1`` and keys at ``0..offset+L-1`` (``offset`` > 0 when a cached
