@@ -34,6 +34,18 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torc
     return torch.addcmul(x * cos, rolled, sin_signed)
 
 
+def gated_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, tanh: bool) -> torch.Tensor:
+    """``down(act(gate) * up)`` with the fused gate/up weight [2I, H], computed with the features on the rows:
+    one GEMM writes [2I, tokens], so the activation and the product run on contiguous halves (vectorised
+    kernels, where the halves of a [tokens, 2I] output are strided), and the down projection reads the
+    transposed product as it lies (a GEMM takes a transposed operand without a copy)."""
+    shape = x.shape
+    gu = torch.mm(gate_up, x.reshape(-1, shape[-1]).t())
+    i = gu.shape[0] // 2
+    act = F.gelu(gu[:i], approximate="tanh") if tanh else F.silu(gu[:i])
+    return torch.mm(act.mul_(gu[i:]).t(), down.t()).view(*shape[:-1], down.shape[0])
+
+
 def additive(
     mask: torch.Tensor | None, dtype: torch.dtype, blocked: float = float("-inf")
 ) -> torch.Tensor | None:

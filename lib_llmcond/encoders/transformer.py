@@ -124,8 +124,16 @@ class MLP(nn.Module):
         self.gate_up_proj: nn.Linear | None = None  # gate and up in one GEMM (:func:`fuse_projections`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_up_proj is not None:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        fused = self.gate_up_proj
+        if (
+            fused is not None
+            and accelerated(x)
+            and type(fused) is nn.Linear
+            and type(self.down_proj) is nn.Linear
+        ):
+            return lean_ops.gated_mlp(x, fused.weight, self.down_proj.weight, self.tanh)
+        if fused is not None:
+            gate, up = fused(x).chunk(2, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
         gate = F.gelu(gate, approximate="tanh") if self.tanh else F.silu(gate)
