@@ -12,6 +12,7 @@ import logging
 import torch
 
 from lib_llmcond.encoders.transformer import MaskCache, TextTransformer, op_by_op
+from lib_llmcond.matmul_precision import matmul_precision
 
 log = logging.getLogger("llmcond")
 
@@ -52,7 +53,7 @@ def _largest_error(model: TextTransformer, device: torch.device, dtype: torch.dt
     keep = keep.to(device)
     positions = torch.arange(total, device=device).expand(2, total)
     worst = 0.0
-    with torch.inference_mode():
+    with torch.inference_mode(), matmul_precision("fp32", device):  # the maths compared, not a host's TF32
         for index in kinds.values():
             lean = _layer_output(model, index, x, keep, positions, lean=True)
             with op_by_op():
