@@ -91,7 +91,7 @@ def count(
         "positions": torch.arange(slots).expand(b, slots),
         "keep": torch.ones(b, slots, dtype=torch.bool),
     }
-    with mock.patch.object(transformer, "on_accelerator", lambda x: lean):
+    with mock.patch.object(transformer, "on_accelerator", lambda device: lean):
         gpu_encode.forward(llm, adapter, inputs, prefix, False)  # the warm-up a capture runs first (prefix
         # state, norm scales, the adapter's query constants: made once, outside the graph)
         with OpCounter() as counter:

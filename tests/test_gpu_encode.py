@@ -40,7 +40,7 @@ def test_static_layout_gives_the_eager_outputs(demo, t5_demo, monkeypatch, which
     opts = TextOptions(emphasis=emphasis)
     want = eager.encode(PROMPTS, opts)
     if lean:
-        monkeypatch.setattr(transformer, "on_accelerator", lambda x: True)
+        monkeypatch.setattr(transformer, "on_accelerator", lambda device: True)
     got = static.encode(PROMPTS, opts)  # one bucketed batch of four rows
     for w, g in zip(want, got):
         assert g.crossattn.shape == w.crossattn.shape

@@ -18,7 +18,7 @@ from lib_llmcond.tiny.llm import TINY, write_tiny_llm
 @pytest.fixture
 def lean_path(monkeypatch):
     """Switch the accelerator's path on for CPU tensors."""
-    monkeypatch.setattr(transformer, "on_accelerator", lambda x: True)
+    monkeypatch.setattr(transformer, "on_accelerator", lambda device: True)
 
 
 def _variants() -> list[tuple[str, dict]]:
@@ -58,7 +58,7 @@ def _run(model, ids, mask, prefix_len):
 def _compare(model, ids, mask, prefix_len, monkeypatch) -> tuple[torch.Tensor, torch.Tensor]:
     want = _run(model, ids, mask, prefix_len)
     with monkeypatch.context() as m:
-        m.setattr(transformer, "on_accelerator", lambda x: True)
+        m.setattr(transformer, "on_accelerator", lambda device: True)
         got = _run(model, ids, mask, prefix_len)
     real = mask[:, prefix_len:].bool() if model.config.causal and prefix_len else mask.bool()
     return got[real].float(), want[real].float()

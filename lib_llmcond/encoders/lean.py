@@ -82,18 +82,24 @@ def attend(
             q.reshape(b, 1, n * hq, d), k, v, attn_mask=bias, scale=cfg.scaling
         )
         return out.reshape(b, n, hq * d)
+    return grouped_sdpa(q.transpose(1, 2), k, v, bias, cfg).transpose(1, 2).reshape(b, n, hq * d)
+
+
+def grouped_sdpa(q, k, v, mask: torch.Tensor | None, cfg: TransformerConfig) -> torch.Tensor:
+    """SDPA of heads-first ``q`` [B, Hq, L, D] over ``k``, ``v`` [B, Hkv, S, D] (grouped-query where Hkv < Hq:
+    natively where torch has ``enable_gqa``, else with repeated keys/values); ``mask`` None means plain causal
+    (or full, for bidirectional models). Both layer paths attend through it."""
     kwargs = {}
-    if hq != k.shape[1]:
+    if q.shape[1] != k.shape[1]:
         if sdpa_supports_enable_gqa():
             kwargs["enable_gqa"] = True
         else:
-            groups = hq // k.shape[1]
+            groups = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    causal = bias is None and cfg.causal
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k, v, attn_mask=bias, is_causal=causal, scale=cfg.scaling, **kwargs
+    causal = mask is None and cfg.causal
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=cfg.scaling, **kwargs
     )
-    return out.transpose(1, 2).reshape(b, n, hq * d)
 
 
 def blocked_value(cfg: TransformerConfig, dtype: torch.dtype) -> float:

@@ -35,9 +35,8 @@ class LLM:
     _prefixes: OrderedDict = field(default_factory=OrderedDict, repr=False)  # ids -> PrefixState
     graphs: GraphRunner = field(default_factory=GraphRunner, repr=False)  # the accelerator path's graphs
     packer: IdlePacker | None = field(default=None, repr=False)  # CPU: packs the linears between requests
-    _lean_verdicts: dict = field(
-        default_factory=dict, repr=False
-    )  # (device, dtype) -> lean maths agreed there
+    # (device, dtype) -> whether the lean layer maths agreed there (check_lean)
+    _lean_verdicts: dict = field(default_factory=dict, repr=False)
 
     @property
     def family(self) -> str:
@@ -64,7 +63,7 @@ class LLM:
     def check_lean(self) -> None:
         """Off the CPU, once per device and dtype: whether the lean layer maths agrees with the op-by-op maths
         there (:mod:`lean_check`); where it does not, the model keeps the op-by-op maths on that device."""
-        if not transformer.on_accelerator(torch.empty(0, device=self.device)):
+        if not transformer.on_accelerator(self.device):
             return
         key = (str(self.device), self.dtype)
         if key not in self._lean_verdicts:

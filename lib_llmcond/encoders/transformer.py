@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lib_llmcond.compat import has_fused_rms_norm, sdpa_supports_enable_gqa
+from lib_llmcond.compat import has_fused_rms_norm
 from lib_llmcond.encoders import lean as lean_ops
 from lib_llmcond.encoders.config import TransformerConfig
 from lib_llmcond.placement import TracksMoves
@@ -24,15 +24,15 @@ from lib_llmcond.placement import TracksMoves
 _mode = threading.local()
 
 
-def on_accelerator(x: torch.Tensor) -> bool:
-    return x.device.type != "cpu"
+def on_accelerator(device: torch.device) -> bool:
+    return device.type != "cpu"
 
 
 def accelerated(x: torch.Tensor) -> bool:
     """Whether the layers compute ``x`` the lean way (:mod:`lean`: fewer kernels, for accelerators, where a
     forward is bound by kernel launches); the CPU, and any call inside :func:`op_by_op`, keep the reference's
     op-by-op maths."""
-    return on_accelerator(x) and not getattr(_mode, "op_by_op", False)
+    return on_accelerator(x.device) and not getattr(_mode, "op_by_op", False)
 
 
 @contextlib.contextmanager
@@ -215,19 +215,9 @@ class PrefixState:
 
 def _attend(q, k, v, mask: torch.Tensor | None, cfg: TransformerConfig) -> torch.Tensor:
     """Scaled dot-product attention; ``mask`` None means plain causal (or full, for bidirectional models)."""
-    groups = cfg.num_heads // cfg.num_kv_heads
     if cfg.attn_softcap is not None:
-        return _eager_softcap(q, k, v, mask, cfg, groups)
-    kwargs = {}
-    if groups > 1:
-        if sdpa_supports_enable_gqa():
-            kwargs["enable_gqa"] = True
-        else:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    causal = mask is None and cfg.causal
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=causal, scale=cfg.scaling, **kwargs
-    )
+        return _eager_softcap(q, k, v, mask, cfg, cfg.num_heads // cfg.num_kv_heads)
+    return lean_ops.grouped_sdpa(q, k, v, mask, cfg)
 
 
 def _eager_softcap(q, k, v, mask, cfg: TransformerConfig, groups: int) -> torch.Tensor:
