@@ -6,8 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from lib_llmcond.text.paths import GEMMA_SYSTEM_PROMPT, GemmaChatPath, PlainPath, T5GemmaPath, text_path
+from lib_llmcond.text.paths import (
+    GEMMA_SYSTEM_PROMPT,
+    GemmaChatPath,
+    PlainPath,
+    T5GemmaPath,
+    _window,
+    text_path,
+)
 from lib_llmcond.text.tokenizer import load_tokenizer
 from lib_llmcond.tiny.tokenizer import write_tiny_gemma_tokenizer
 
@@ -180,3 +189,47 @@ def test_text_path_families():
     assert text_path("gemma3") == GemmaChatPath()
     assert text_path("gemma3", "Be brief.").system_prompt == "Be brief."
     assert isinstance(text_path("t5gemma", "ignored"), T5GemmaPath)
+
+
+def _window_by_rule(spans, start, end):
+    """The per-token rule, token by token: inside [start, end) kept, straddling clipped, elsewhere None."""
+    return [
+        (s, e) if start <= s < e <= end else (max(s, start), min(e, end)) if s < end and e > start else None
+        for s, e in spans
+    ]
+
+
+@st.composite
+def ordered_spans(draw):
+    """Spans in text order as tokenizers give them: starts and ends non-decreasing, overlaps and repeats
+    (byte pieces of one character), zero-width ones."""
+    spans, s = [], draw(st.integers(-5, 5))
+    for _ in range(draw(st.integers(0, 25))):
+        s += draw(st.integers(0, 3))
+        e = max(s, spans[-1][1] if spans else s) + draw(st.integers(0, 4))
+        spans.append((s, e))
+    return spans
+
+
+@settings(max_examples=500, deadline=None)
+@given(ordered_spans(), st.integers(-6, 60), st.integers(0, 30))
+def test_window_follows_the_per_token_rule(spans, start, width):
+    assert _window(spans, start, start + width) == _window_by_rule(spans, start, start + width)
+
+
+@pytest.mark.parametrize("prompt", [PROMPT, "", "x", "  <start_of_turn> a\n\nb ", "汉字😀 " * 40])
+def test_gemma_offsets_follow_the_per_token_rule(tok27, prompt):
+    """Offsets straight from the tokenizer in the rendered text, cut to the prompt by the rule, equal the
+    path's (which counts them from the prompt and bisects)."""
+    path = GemmaChatPath()
+    stripped, lead = prompt.strip(), len(prompt) - len(prompt.lstrip())
+    enc = tok27.encode(path.prefix + stripped + path.suffix)
+    start = len(path.prefix)
+    expected = [
+        None if o is None else (o[0] - start + lead, o[1] - start + lead)
+        for o in _window_by_rule(enc.offsets, start, start + len(stripped))
+    ]
+    skip = sum(1 for s, _ in enc.offsets if s < start)
+    expected[:skip] = [None] * skip
+    row = path.tokenize(prompt, tok27)
+    assert row.ids == enc.ids and row.offsets == expected and row.adapter_start == skip

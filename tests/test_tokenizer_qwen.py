@@ -127,6 +127,8 @@ def test_bytelevel_offsets_cover_characters(toy, text):
     for a, b in enc.offsets:
         assert 0 <= a < b <= len(text)
         covered.update(range(a, b))
+    starts, ends = zip(*enc.offsets) if enc.offsets else ((), ())
+    assert list(starts) == sorted(starts) and list(ends) == sorted(ends)  # in text order (text/paths.py)
     assert covered == set(range(len(text)))
 
 

@@ -56,11 +56,11 @@ def test_encode_adds_nothing_and_reads_special_text(tiny_dir):
 def test_offsets_are_character_spans(tiny_dir, text):
     enc = load_tokenizer(tiny_dir).encode(text)
     assert len(enc.ids) == len(enc.offsets)
-    covered, prev = set(), 0
+    covered, prev = set(), (0, 0)
     for a, b in enc.offsets:
         assert 0 <= a < b <= len(text)  # never empty, never outside
-        assert a >= prev  # in order (the byte pieces of one character share its span)
-        prev = a
+        assert a >= prev[0] and b >= prev[1]  # in order (the byte pieces of one character share its span)
+        prev = (a, b)
         covered.update(range(a, b))
     assert covered == set(range(len(text)))
 

@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Protocol
 
 import torch
@@ -71,18 +73,23 @@ class TextPath(Protocol):
     ) -> TokenBatch: ...
 
 
-def _map_offsets(spans, start: int, end: int, shift: int) -> list[Offset]:
-    """Spans inside [start, end) of the rendered text, moved to prompt coordinates; None elsewhere (a token
-    straddling the template boundary keeps its part inside)."""
-    d = shift - start
-    return [
-        (s + d, e + d)
-        if start <= s < e <= end
-        else (max(s, start) + d, min(e, end) + d)
-        if s < end and e > start
-        else None
-        for s, e in spans
-    ]
+_START, _END = itemgetter(0), itemgetter(1)
+
+
+def _window(spans: list[tuple[int, int]], start: int, end: int) -> list[Offset]:
+    """The spans inside [start, end); None elsewhere (a token straddling an edge keeps its part inside). The
+    spans are in text order (tokenizer.py), so the tokens touching the window are one run, found by
+    bisection, and only the run's ends can straddle."""
+    first = bisect_right(spans, start, key=_END)  # tokens before it end at or before ``start``
+    stop = bisect_left(spans, end, key=_START)  # tokens from it on start at or after ``end``
+    out: list[Offset] = [None] * len(spans)
+    out[first:stop] = spans[first:stop]
+    head = bisect_left(spans, start, key=_START)  # tokens before it start before ``start``
+    tail = bisect_right(spans, end, key=_END)  # tokens from it on end after ``end``
+    for k in {*range(first, head), *range(max(first, tail), stop)}:
+        s, e = spans[k]
+        out[k] = (max(s, start), min(e, end))
+    return out
 
 
 def _right_padded(
@@ -115,10 +122,10 @@ class GemmaChatPath:
         stripped = prompt.strip()
         lead = len(prompt) - len(prompt.lstrip())
         prefix = self.prefix
-        enc = tokenizer.encode(prefix + stripped + self.suffix)
-        start, end = len(prefix), len(prefix) + len(stripped)
-        skip = sum(1 for s, _ in enc.offsets if s < start)
-        offsets = _map_offsets(enc.offsets, start, end, lead)
+        # offsets counted from where the prompt starts in the caller's string (its leading spaces cut)
+        enc = tokenizer.encode(prefix + stripped + self.suffix, origin=len(prefix) - lead)
+        skip = bisect_left(enc.offsets, lead, key=_START)  # the tokens starting in the template
+        offsets = _window(enc.offsets, lead, lead + len(stripped))
         offsets[:skip] = [None] * skip
         n_prompt = len(offsets) - offsets.count(None)
         return PromptTokens(enc.ids, offsets, skip, len(enc.ids), n_prompt)
@@ -138,7 +145,7 @@ class T5GemmaPath:
 
     def tokenize(self, prompt: str, tokenizer: Tokenizer) -> PromptTokens:
         enc = tokenizer.encode(prompt + "<eos>")
-        ids, offsets = list(enc.ids), _map_offsets(enc.offsets, 0, len(prompt), 0)
+        ids, offsets = list(enc.ids), _window(enc.offsets, 0, len(prompt))
         if tokenizer.special.add_bos and tokenizer.bos_id is not None:
             ids, offsets = [tokenizer.bos_id, *ids], [None, *offsets]
         n_prompt = len(offsets) - offsets.count(None)

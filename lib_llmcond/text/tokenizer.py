@@ -40,7 +40,9 @@ class SpecialTokens:
 
 
 class Tokenizer(ABC):
-    """Text -> ids with offsets. Subclasses implement :meth:`_encode_plain` and :meth:`token_id`."""
+    """Text -> ids with offsets. Subclasses implement :meth:`_encode_plain` and :meth:`token_id`.
+
+    Offsets come in text order: their starts and their ends never decrease (the text paths rely on it)."""
 
     kind: str  # "tokenizers" | "sentencepiece" | "bytelevel-bpe": which files were read
 
@@ -58,7 +60,8 @@ class Tokenizer(ABC):
         self.padding_side = special.padding_side
 
     @abstractmethod
-    def _encode_plain(self, text: str) -> TokenizedText: ...
+    def _encode_plain(self, text: str, base: int = 0) -> TokenizedText:
+        """``text`` (no special strings) with offsets counted from ``base``."""
 
     @abstractmethod
     def token_id(self, token: str) -> int | None: ...
@@ -99,11 +102,12 @@ class Tokenizer(ABC):
         out.append(text[start:])
         return out
 
-    def encode(self, text: str) -> TokenizedText:
+    def encode(self, text: str, origin: int = 0) -> TokenizedText:
+        """Ids and character spans of ``text``, counted from character ``origin`` (negative before it)."""
         ids: list[int] = []
         offsets: list[Span] = []
         pieces = self._split_specials(_LONE_SURROGATE.sub("\ufffd", text))
-        pos = 0
+        pos = -origin
         for i, piece in enumerate(pieces):
             if not piece:
                 continue
@@ -112,9 +116,9 @@ class Tokenizer(ABC):
                 ids.append(special)
                 offsets.append((pos, pos + len(piece)))
             else:
-                enc = self._encode_plain(piece)
+                enc = self._encode_plain(piece, pos)
                 ids.extend(enc.ids)
-                offsets.extend(enc.offsets if pos == 0 else [(pos + s, pos + e) for s, e in enc.offsets])
+                offsets.extend(enc.offsets)
             pos += len(piece)
         return TokenizedText(ids, offsets)
 
@@ -128,9 +132,9 @@ class HFTokenizer(Tokenizer):
         added = [t.content for t in _added_tokens(backend)]
         super().__init__(special, added + [s for s in (special.bos, special.eos, special.pad) if s])
 
-    def _encode_plain(self, text: str) -> TokenizedText:
+    def _encode_plain(self, text: str, base: int = 0) -> TokenizedText:
         enc = self._tok.encode(text, add_special_tokens=False)
-        return TokenizedText(list(enc.ids), [tuple(o) for o in enc.offsets])
+        return TokenizedText(list(enc.ids), [(base + s, base + e) for s, e in enc.offsets])
 
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
@@ -166,13 +170,14 @@ class SPTokenizer(Tokenizer):
         ]
         super().__init__(special, controls + list(user_defined or []))
 
-    def _encode_plain(self, text: str) -> TokenizedText:
+    def _encode_plain(self, text: str, base: int = 0) -> TokenizedText:
         ids = self._sp.encode(text, out_type=int)
         pieces = self._sp.id_to_piece(ids)
         if "".join(pieces).replace("\u2581", " ") == text:  # the pieces spell the text: spans by length
-            ends = list(itertools.accumulate(map(len, pieces)))
-            return TokenizedText(ids, list(zip([0, *ends[:-1]], ends)))
-        return self._encode_by_proto(text)  # normalised text, byte fallback, unknown pieces
+            bounds = list(itertools.accumulate(map(len, pieces), initial=base))
+            return TokenizedText(ids, list(zip(bounds, bounds[1:])))
+        enc = self._encode_by_proto(text)  # normalised text, byte fallback, unknown pieces
+        return enc if not base else TokenizedText(enc.ids, [(base + s, base + e) for s, e in enc.offsets])
 
     def _encode_by_proto(self, text: str) -> TokenizedText:
         try:
