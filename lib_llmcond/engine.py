@@ -153,11 +153,14 @@ class Engine:
         self._patched_at: dict[tuple, tuple] = {}  # where each patched copy's base weights were
 
     # -- registry ----------------------------------------------------------------------------------
-    def _acquire(self, opts: EncodeOptions, progress: Progress = QUIET) -> tuple[Pipeline, list[tuple]]:
-        """The pipeline and the registry keys of its models (loading and placing them)."""
+    def _acquire(
+        self, opts: EncodeOptions, ids: tuple[Identity, Identity], progress: Progress = QUIET
+    ) -> tuple[Pipeline, list[tuple]]:
+        """The pipeline and the registry keys of its models (loading and placing them); ``ids``: the LLM's
+        and the adapter's identities (:meth:`_identities`)."""
         device = resolve_device(opts.device)
         dtype = resolve_dtype(opts.llm_dtype, device)
-        llm_id, adapter_id = identity(opts.llm), identity(opts.adapter)
+        llm_id, adapter_id = ids
         keys = [("adapter", adapter_id, str(device)), ("llm", llm_id, dtype, str(device))]
         with self._work:
             try:
@@ -271,16 +274,22 @@ class Engine:
 
     def pipeline(self, opts: EncodeOptions, progress: Progress = QUIET) -> tuple[Pipeline, tuple]:
         """The pipeline for ``opts`` and the identity key of its models (loads what is missing)."""
-        pipe, _ = self._acquire(opts, progress)
-        return pipe, self._model_key(opts)
+        ids = self._identities(opts)
+        pipe, _ = self._acquire(opts, ids, progress)
+        return pipe, self._model_key(opts, ids)
 
-    def _model_key(self, opts: EncodeOptions) -> tuple:
-        """The cache key of ``opts``' models without loading them."""
+    @staticmethod
+    def _identities(opts: EncodeOptions) -> tuple[Identity, Identity]:
+        """The LLM's and the adapter's identities, looked up once per request (each stats the model files)."""
+        return identity(opts.llm), identity(opts.adapter)
+
+    def _model_key(self, opts: EncodeOptions, ids: tuple[Identity, Identity]) -> tuple:
+        """The cache key of ``opts``' models (``ids``: :meth:`_identities`) without loading them."""
         device = resolve_device(opts.device)
         dtype = resolve_dtype(opts.llm_dtype, device)
         precision = resolve_precision(opts.adapter_precision, device)
-        ids = (identity(opts.llm).fingerprint, identity(opts.adapter).fingerprint)
-        return (*ids, str(dtype), str(device), precision, lora_identities(opts))
+        fingerprints = tuple(i.fingerprint for i in ids)
+        return (*fingerprints, str(dtype), str(device), precision, lora_identities(opts))
 
     # -- CPU packing between requests (cpu_linear.IdlePacker) ----------------------------------------------
     def _pack_after(self, pipe: Pipeline) -> None:
@@ -303,7 +312,8 @@ class Engine:
         """Encoded texts in order, from the cache where possible; the misses run as one batch. ``progress`` hears
         what is loaded and encoded, and may stop the encode between rows (:class:`lib_llmcond.progress.Interrupted`)."""
         with self._work:
-            model_key = self._model_key(opts)
+            ids = self._identities(opts)
+            model_key = self._model_key(opts, ids)
             topts = opts.text_options()
             keys = [(model_key, topts, t) for t in texts]
             with self._lock:
@@ -314,7 +324,7 @@ class Engine:
             if missing:
                 used: list[tuple] = []
                 try:
-                    pipe, used = self._acquire(opts, progress)
+                    pipe, used = self._acquire(opts, ids, progress)
                     progress.say(f"encoding {len(missing)} prompt(s) with the LLM")
                     with _held_off(pipe.adapter.idle_packer):
                         fresh = pipe.encode([k[2] for k in missing], topts, progress)
