@@ -26,6 +26,7 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -279,7 +280,78 @@ def deviations(llm_dir: Path, adapter: Path, prompts: dict) -> dict:
 
 
 # -- report --------------------------------------------------------------------------------------------------
+def _ok(r: dict, part: str) -> dict | None:
+    """A part's results, or None where it was not run or failed (its error is listed instead)."""
+    got = r.get(part)
+    return got if got and "error" not in got else None
+
+
+def _ours_rows(name: str, r: dict, o: dict) -> list[str]:
+    ref = _ok(r, "reference") or {}
+
+    def ref_ms(key: str) -> str:
+        return f"{ref[key]['median_ms']:.2f}" if key in ref else ""
+
+    lines = []
+    for n in LENGTHS:
+        for kind in ("pair", "single"):
+            key = f"{kind}_{n}"
+            lines.append(
+                f"| {name} | {kind} {r['tokens'][n]} tok | {o['tf32'][key]['median_ms']:.2f} | "
+                f"{o['fp32'][key]['median_ms']:.2f} | {ref_ms(key)} |"
+            )
+    lines.append(
+        f"| {name} | pair 77, one weighted word | {o['tf32']['pair_77_weighted_word']['median_ms']:.2f} | "
+        f"{o['fp32']['pair_77_weighted_word']['median_ms']:.2f} | |"
+    )
+    for n in LENGTHS:
+        lines.append(
+            f"| {name} | first pair {n} after load (capture) | {o['tf32'][f'first_pair_{n}_ms']:.0f} | "
+            f"{o['fp32'][f'first_pair_{n}_ms']:.0f} | |"
+        )
+    ref_load = f"{ref['load_ms']:.0f}" if "load_ms" in ref else ""
+    lines.append(f"| {name} | load | {o['tf32']['load_ms']:.0f} | {o['fp32']['load_ms']:.0f} | {ref_load} |")
+    lean = ["on" if o[p].get("lean_layers", True) else "OFF (check failed, see the log)" for p in o]
+    lines.append(f"| {name} | lean layer maths | {lean[0]} | {lean[1]} | |")
+    lines.append(
+        f"| {name} | peak VRAM / weights (GB) | {o['tf32']['peak_vram_bytes'] / 1e9:.2f} / "
+        f"{o['tf32']['weights_bytes'] / 1e9:.2f} | {o['fp32']['peak_vram_bytes'] / 1e9:.2f} | |"
+    )
+    return lines
+
+
+def _breakdown_rows(name: str, rows: dict) -> list[str]:
+    lines = []
+    for part, row in rows.items():
+        value = f"{row['median_ms']:.2f}" if "median_ms" in row else f"{row['count']} kernels"
+        lines.append(f"| {name} | pair 512 breakdown: {part} | {value} | | |")
+    return lines
+
+
+def _memory_rows(name: str, rows: dict) -> list[str]:
+    return [
+        f"| {name} | memory `{policy}`: pair 77 | {row['median_ms']:.1f} (first {row['first_call_ms']:.0f}, "
+        f"{row['allocated_after_bytes'] / 1e9:.2f} GB left allocated) | | |"
+        for policy, row in rows.items()
+    ]
+
+
+def _deviation_rows(name: str, rows: dict) -> list[str]:
+    lines = []
+    for choice, dev in rows.items():
+        verdict = ""
+        if choice == "float32+fp32":  # the exact mode: within 1e-4 of the CPU
+            worst = max(dev["crossattn_max_abs"], dev["pooled_max_abs"])
+            verdict = " (within 1e-4)" if worst <= 1e-4 else " (NOT within 1e-4)"
+        lines.append(
+            f"| {name} | CUDA {choice} vs CPU fp32: crossattn / pooled max abs | "
+            f"{dev['crossattn_max_abs']:.2e} / {dev['pooled_max_abs']:.2e}{verdict} | | |"
+        )
+    return lines
+
+
 def table(results: dict) -> str:
+    """The Markdown table of whatever parts ran; a part that failed is one line with its error."""
     lines = [
         f"GPU check on {results['device']} (torch {results['torch']}, transformers {results['transformers']}); "
         "median ms of the steady state unless named.",
@@ -288,49 +360,15 @@ def table(results: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for name, r in results["models"].items():
-        o, ref = r["ours"], r["reference"]
-        for n in LENGTHS:
-            for kind in ("pair", "single"):
-                key = f"{kind}_{n}"
-                lines.append(
-                    f"| {name} | {kind} {r['tokens'][n]} tok | {o['tf32'][key]['median_ms']:.2f} | "
-                    f"{o['fp32'][key]['median_ms']:.2f} | {ref[key]['median_ms']:.2f} |"
-                )
-        lines.append(
-            f"| {name} | pair 77, one weighted word | {o['tf32']['pair_77_weighted_word']['median_ms']:.2f} | "
-            f"{o['fp32']['pair_77_weighted_word']['median_ms']:.2f} | |"
-        )
-        for n in LENGTHS:
-            lines.append(
-                f"| {name} | first pair {n} after load (capture) | {o['tf32'][f'first_pair_{n}_ms']:.0f} | "
-                f"{o['fp32'][f'first_pair_{n}_ms']:.0f} | |"
-            )
-        lines.append(
-            f"| {name} | load | {o['tf32']['load_ms']:.0f} | {o['fp32']['load_ms']:.0f} | {ref['load_ms']:.0f} |"
-        )
-        lean = ["on" if o[p].get("lean_layers", True) else "OFF (check failed, see the log)" for p in o]
-        lines.append(f"| {name} | lean layer maths | {lean[0]} | {lean[1]} | |")
-        lines.append(
-            f"| {name} | peak VRAM / weights (GB) | {o['tf32']['peak_vram_bytes'] / 1e9:.2f} / "
-            f"{o['tf32']['weights_bytes'] / 1e9:.2f} | {o['fp32']['peak_vram_bytes'] / 1e9:.2f} | |"
-        )
-        for part, row in r.get("breakdown", {}).items():
-            value = f"{row['median_ms']:.2f}" if "median_ms" in row else f"{row['count']} kernels"
-            lines.append(f"| {name} | pair 512 breakdown: {part} | {value} | | |")
-        for policy, row in r["memory"].items():
-            lines.append(
-                f"| {name} | memory `{policy}`: pair 77 | {row['median_ms']:.1f} (first {row['first_call_ms']:.0f}, "
-                f"{row['allocated_after_bytes'] / 1e9:.2f} GB left allocated) | | |"
-            )
-        for choice, dev in r["deviation"].items():
-            verdict = ""
-            if choice == "float32+fp32":  # the exact mode: within 1e-4 of the CPU
-                worst = max(dev["crossattn_max_abs"], dev["pooled_max_abs"])
-                verdict = " (within 1e-4)" if worst <= 1e-4 else " (NOT within 1e-4)"
-            lines.append(
-                f"| {name} | CUDA {choice} vs CPU fp32: crossattn / pooled max abs | "
-                f"{dev['crossattn_max_abs']:.2e} / {dev['pooled_max_abs']:.2e}{verdict} | | |"
-            )
+        for part, rows in (
+            ("ours", functools.partial(_ours_rows, name, r)),
+            ("breakdown", functools.partial(_breakdown_rows, name)),
+            ("memory", functools.partial(_memory_rows, name)),
+            ("deviation", functools.partial(_deviation_rows, name)),
+        ):
+            if _ok(r, part) is not None:
+                lines += rows(r[part])
+        lines += [f"| {name} | {p} FAILED: {v['error']} | | | |" for p, v in r.items() if "error" in v]
     return "\n".join(lines)
 
 
@@ -377,15 +415,18 @@ def main(argv: list[str] | None = None) -> None:
         wanted = args.parts.split(",") if args.parts else list(parts)
         for part, fn in ((k, v) for k, v in parts.items() if k in wanted):
             t0 = time.perf_counter()
-            r[part] = fn()
+            try:
+                r[part] = fn()
+            except Exception as e:  # one run on a lent card: a failing part must not cost the others
+                traceback.print_exc()
+                r[part] = {"error": f"{type(e).__name__}: {e}"}
+                release()
+                torch.backends.cuda.matmul.allow_tf32 = True  # as the run started (a part may change it)
             print(f"[{key}] {part} in {time.perf_counter() - t0:.0f} s", flush=True)
         results["models"][m.name] = r
         (out / "gpu_check.json").write_text(json.dumps(results, indent=2))  # kept if a later model fails
     (out / "gpu_check.json").write_text(json.dumps(results, indent=2))
-    try:
-        print(table(results))
-    except KeyError:  # a run of some parts only: the raw numbers
-        print(json.dumps(results, indent=1))
+    print(table(results))
 
 
 if __name__ == "__main__":

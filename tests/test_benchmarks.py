@@ -69,3 +69,22 @@ def test_lean_layers_launch_fewer_kernels():
     layers = m.config["num_hidden_layers"]
     assert lean <= 26 * layers + 80  # the adapter's ~70 and a few per forward
     assert lean < 0.4 * op_by_op
+
+
+def test_gpu_check_reports_the_parts_that_ran_when_one_fails(tmp_path, monkeypatch, capsys):
+    """The one-shot check on the CPU with tiny models: a failing part is one line with its error, and the
+    parts after it still run and print (the check runs once on a lent card)."""
+    from benchmarks import gpu_check
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(gpu_check, "memory_policies", broken)
+    monkeypatch.setattr(gpu_check, "DEVICE", gpu_check.DEVICE)  # main() sets it; put it back afterwards
+    argv = ["--device", "cpu", "--tiny", "--repeats", "1", "--models", "gemma", "--out", str(tmp_path)]
+    gpu_check.main([*argv, "--parts", "memory,deviation"])
+    out = capsys.readouterr().out
+    assert "| tiny-gemma | memory FAILED: RuntimeError: boom |" in out
+    assert "| tiny-gemma | CUDA float32+fp32 vs CPU fp32: crossattn / pooled max abs |" in out
+    data = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert data["models"]["tiny-gemma"]["memory"] == {"error": "RuntimeError: boom"}
