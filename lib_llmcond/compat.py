@@ -19,6 +19,19 @@ def sdpa_supports_enable_gqa() -> bool:
         return False
 
 
+def bmm_writes_fp32(device: torch.device) -> bool:
+    """``torch.bmm(a, b, out_dtype=torch.float32)`` for half-precision inputs: CUDA only, in newer torch."""
+    return device.type == "cuda" and _has_overload(torch.ops.aten.bmm, "dtype")
+
+
+@functools.cache
+def _has_overload(op, name: str) -> bool:
+    try:
+        return name in op.overloads()
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def has_fused_rms_norm() -> bool:
     """``torch.nn.functional.rms_norm`` arrived in torch 2.4 (a fused CUDA kernel behind it later)."""
     return hasattr(torch.nn.functional, "rms_norm")

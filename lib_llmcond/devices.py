@@ -26,6 +26,12 @@ def capability(device: torch.device) -> tuple[int, int]:
     return tuple(torch.cuda.get_device_capability(device))  # type: ignore[return-value]
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a CUDA stream runs ahead of Python; the CPU never does)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def resolve(name: str) -> torch.device:
     """``auto`` -> the current CUDA device or the CPU; ``cuda`` -> ``cuda:<current>``; ``cuda:N`` checked."""
     name = str(name).strip()

@@ -31,16 +31,17 @@ def _pipelines(llm_dir, adapter_path):
     return eager, static
 
 
-@pytest.mark.parametrize("lean", [False, True])
+@pytest.mark.parametrize("lean", [False, "sdpa", "gemm"])
 @pytest.mark.parametrize("emphasis", ["None", "Original"])
 @pytest.mark.parametrize("which", ["gemma", "t5gemma"])
 def test_static_layout_gives_the_eager_outputs(demo, t5_demo, monkeypatch, which, emphasis, lean):
-    """``lean``: the LLM's layers as an accelerator runs them (``encoders/lean.py``)."""
+    """``lean``: the LLM's layers as an accelerator runs them (``encoders/lean.py``), with that attention form."""
     eager, static = _pipelines(*(demo if which == "gemma" else t5_demo))
     opts = TextOptions(emphasis=emphasis)
     want = eager.encode(PROMPTS, opts)
     if lean:
         monkeypatch.setattr(transformer, "on_accelerator", lambda device: True)
+        static.llm.model.use_attention(lean)
     got = static.encode(PROMPTS, opts)  # one bucketed batch of four rows
     for w, g in zip(want, got):
         assert g.crossattn.shape == w.crossattn.shape
@@ -174,6 +175,24 @@ def test_cuda_graph_replay_equals_eager(demo, emphasis):
         assert torch.equal(a.crossattn, b.crossattn)
         assert (a.crossattn - c.crossattn).abs().max().item() <= 1e-4
         assert (a.pooled - c.pooled).abs().max().item() <= 1e-4
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("form", ["sdpa", "gemm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_each_attention_form_on_cuda_matches_the_cpu(demo, form, dtype):
+    """Whichever form the load-time timing picks: fp32 within 1e-4 of the CPU, bf16 within its rounding."""
+    llm = load_llm(demo[0], dtype=dtype, device="cuda")
+    assert llm.model.lean, "the lean layer check failed on this card (see the log)"
+    llm.model.use_attention(form)
+    gpu = Pipeline(llm, load_adapter(demo[1], device="cuda"), "fp32").encode(PROMPTS, TextOptions())
+    cpu = Pipeline(load_llm(demo[0], dtype=torch.float32), load_adapter(demo[1])).encode(
+        PROMPTS, TextOptions()
+    )
+    limit = 1e-4 if dtype == torch.float32 else 0.05
+    for g, c in zip(gpu, cpu):
+        scale = c.crossattn.abs().max().item() if dtype != torch.float32 else 1.0
+        assert (g.crossattn.cpu() - c.crossattn).abs().max().item() <= limit * scale
 
 
 @pytest.mark.cuda

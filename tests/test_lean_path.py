@@ -32,9 +32,23 @@ def _variants() -> list[tuple[str, dict]]:
     ]
 
 
-def _model(tmp_path, family, config, dtype):
+def _with_forms() -> list[tuple[str, dict, str]]:
+    """Each variant with each attention form it can use (softcapped attention has one)."""
+    softcapped = [(f, c, lean.FORMS[0]) for f, c in _variants() if f == "t5gemma"]
+    plain = [(f, c) for f, c in _variants() if f != "t5gemma"] + [("t5gemma", _bidirectional_plain())]
+    return [(f, c, form) for f, c in plain for form in lean.FORMS] + softcapped
+
+
+def _bidirectional_plain() -> dict:
+    """A T5Gemma encoder without softcapping: bidirectional attention in either form, padded keys masked."""
+    t5 = TINY["t5gemma"]
+    return {**t5, "encoder": {**t5["encoder"], "attn_logit_softcapping": None}}
+
+
+def _model(tmp_path, family, config, dtype, form="sdpa"):
     _, model = load_transformer(write_tiny_llm(tmp_path, family, config=config, seed=5), dtype=dtype)
     transformer.fuse_projections(model)  # as on an accelerator
+    model.use_attention(form)
     return model
 
 
@@ -65,16 +79,16 @@ def _compare(model, ids, mask, prefix_len, monkeypatch) -> tuple[torch.Tensor, t
 
 
 @pytest.mark.parametrize("prefix_len", [0, 5, 10])  # none, inside and beyond the tiny sliding windows
-@pytest.mark.parametrize("family,config", _variants())
-def test_lean_path_equals_the_op_by_op_path_in_fp32(tmp_path, monkeypatch, family, config, prefix_len):
-    model = _model(tmp_path, family, config, torch.float32)
+@pytest.mark.parametrize("family,config,form", _with_forms())
+def test_lean_path_equals_the_op_by_op_path_in_fp32(tmp_path, monkeypatch, family, config, form, prefix_len):
+    model = _model(tmp_path, family, config, torch.float32, form)
     got, want = _compare(model, *_inputs(), prefix_len, monkeypatch)
     assert (got - want).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("family,config", _variants())
-def test_lean_path_in_bf16_differs_by_rounding_only(tmp_path, monkeypatch, family, config):
-    model = _model(tmp_path, family, config, torch.bfloat16)
+@pytest.mark.parametrize("family,config,form", _with_forms())
+def test_lean_path_in_bf16_differs_by_rounding_only(tmp_path, monkeypatch, family, config, form):
+    model = _model(tmp_path, family, config, torch.bfloat16, form)
     got, want = _compare(model, *_inputs(), 5, monkeypatch)
     exact = _run(
         _model(tmp_path / "fp32", family, config, torch.float32), *_inputs(), 5 if family != "t5gemma" else 0
@@ -111,14 +125,28 @@ def test_masks_fold_query_rows_for_folded_heads():
     assert plain.shape == (1, 1, 2, 3) and plain.dtype == torch.bool
 
 
+def test_masks_for_the_gemm_form_are_fp32_explicit_and_finite():
+    from lib_llmcond.encoders.config import config_from_hf
+
+    cfg = config_from_hf({**TINY["gemma3"], "vocab_size": 512})  # 4 heads over 2 key/value heads
+    dtype = lean.mask_dtype(cfg, "gemm", torch.bfloat16)
+    bias = transformer.MaskCache(cfg, None, 2, "cpu", 0, dtype, "gemm").get(False)
+    assert dtype == torch.float32 and bias.shape == (1, 1, 4, 2)  # causal made explicit, rows (l, head)
+    low = torch.finfo(torch.float32).min  # finite: a query with every key blocked stays finite
+    assert torch.equal(bias[0, 0], torch.tensor([[0.0, low], [0.0, low], [0.0, 0.0], [0.0, 0.0]]))
+    sdpa = transformer.MaskCache(cfg, None, 2, "cpu", 0, torch.bfloat16, "sdpa").get(False)
+    assert sdpa is None  # SDPA is told "causal" instead
+
+
 def test_fold_follows_the_key_value_heads():
     from lib_llmcond.encoders.config import config_from_hf
 
-    def fold(raw: dict) -> int:
-        return lean.fold_of(config_from_hf({**raw, "vocab_size": 512}))
+    def fold(raw: dict, form: str = "sdpa") -> int:
+        return lean.fold_of(config_from_hf({**raw, "vocab_size": 512}), form)
 
     t5 = TINY["t5gemma"]
     assert fold(TINY["gemma3"]) == 1  # 4 heads over 2: SDPA's grouped query
+    assert fold(TINY["gemma3"], "gemm") == 2  # the GEMMs stack each group's heads
     assert fold({**TINY["gemma3"], "num_key_value_heads": 1}) == 4
     assert fold({**t5, "encoder": {**t5["encoder"], "vocab_size": 512}}) == 2  # softcapped: groups stacked
 
@@ -148,9 +176,75 @@ def test_fused_rms_norm_matches_the_formula(lean_path, plus_one):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("family,config", _variants())
 def test_the_check_passes_healthy_models(tmp_path, lean_path, family, config, dtype):
-    from lib_llmcond.encoders.lean_check import lean_agrees
+    from lib_llmcond.encoders.lean_check import choose_lean_form
 
-    assert lean_agrees(_model(tmp_path, family, config, dtype), torch.device("cpu"), dtype)
+    model = _model(tmp_path, family, config, dtype)
+    assert choose_lean_form(model, torch.device("cpu"), dtype) == "sdpa"  # off CUDA the fused form only
+
+
+@pytest.fixture
+def two_forms(monkeypatch):
+    """Both attention forms tried, as on CUDA; returns the timings the check will see, to be filled in."""
+    from lib_llmcond.encoders import lean_check
+
+    seconds: dict[str, float] = {}
+    monkeypatch.setattr(lean_check, "candidate_forms", lambda cfg, device: lean.FORMS)
+    monkeypatch.setattr(lean_check, "seconds_per_attention", lambda cfg, dev, dtype, form: seconds[form])
+    return seconds
+
+
+@pytest.mark.parametrize("faster", lean.FORMS)
+def test_the_check_keeps_the_faster_attention_form(tmp_path, lean_path, two_forms, faster):
+    from lib_llmcond.encoders.llm import load_llm
+    from lib_llmcond.tiny.tokenizer import write_tiny_gemma_tokenizer
+
+    two_forms.update({form: 1e-3 if form == faster else 2e-3 for form in lean.FORMS})
+    write_tiny_gemma_tokenizer(tmp_path)
+    llm = load_llm(write_tiny_llm(tmp_path, "gemma3", seed=5), dtype=torch.float32)
+    assert llm.model.lean and llm.model.attention_form == faster
+    assert {layer.self_attn.form for layer in llm.model.layers} == {faster}
+    ids, mask = _inputs()
+    with torch.no_grad():
+        got = llm.model(ids, mask)
+        with transformer.op_by_op():
+            want = llm.model(ids, mask)
+    real = mask.bool()
+    assert (got[real] - want[real]).abs().max().item() <= 1e-5
+
+
+def test_a_faster_form_that_disagrees_is_not_used(tmp_path, lean_path, monkeypatch, two_forms, caplog):
+    from lib_llmcond.encoders.lean_check import choose_lean_form
+
+    two_forms.update(sdpa=2e-3, gemm=1e-3)
+    monkeypatch.setattr(lean, "_gemm_attention", lambda q, k, v, bias, cfg: q.flatten(2))  # no attention
+    model = _model(tmp_path, "gemma3", TINY["gemma3"], torch.float32)
+    with caplog.at_level("INFO", logger="llmcond"):
+        assert choose_lean_form(model, torch.device("cpu"), torch.float32) == "sdpa"
+    assert "gemm disagrees" in caplog.text and model.attention_form == "sdpa"
+
+
+@pytest.mark.parametrize("raw", [TINY["gemma3"], _bidirectional_plain()], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("form", lean.FORMS)
+def test_each_form_can_be_timed(monkeypatch, raw, form):
+    from lib_llmcond.encoders import lean_check
+    from lib_llmcond.encoders.config import config_from_hf
+
+    encoder = raw.get("encoder")
+    cfg = config_from_hf(
+        {**raw, "vocab_size": 512, **({"encoder": {**encoder, "vocab_size": 512}} if encoder else {})}
+    )
+    monkeypatch.setattr(lean_check, "TIMED_TOKENS", 64)  # the CPU is slow; the shapes are built the same way
+    assert lean_check.seconds_per_attention(cfg, torch.device("cpu"), torch.bfloat16, form) > 0
+
+
+def test_half_precision_scores_are_written_in_fp32():
+    from lib_llmcond.compat import bmm_writes_fp32
+
+    assert not bmm_writes_fp32(torch.device("cpu"))  # CUDA only: the CPU takes fp32 copies (same products)
+    q, kt = torch.randn(3, 5, 8).bfloat16(), torch.randn(3, 8, 4).bfloat16()
+    scores = lean._scores_fp32(q, kt)
+    assert scores.dtype == torch.float32
+    assert torch.allclose(scores, q.double().bmm(kt.double()).float(), atol=1e-5)
 
 
 def test_a_lean_form_that_disagrees_sends_the_model_to_the_op_by_op_maths(
@@ -172,10 +266,10 @@ def test_a_lean_form_that_disagrees_sends_the_model_to_the_op_by_op_maths(
     assert torch.equal(got, want)  # the model now computes the op-by-op way
 
 
-def test_a_lean_form_that_fails_sends_the_model_to_the_op_by_op_maths(
-    tmp_path, lean_path, monkeypatch, caplog
+def test_lean_forms_that_all_fail_send_the_model_to_the_op_by_op_maths(
+    tmp_path, lean_path, monkeypatch, two_forms, caplog
 ):
-    from lib_llmcond.encoders.lean_check import lean_agrees
+    from lib_llmcond.encoders.lean_check import choose_lean_form
 
     def refuse(*args, **kwargs):
         raise RuntimeError("no kernel for this layout")
@@ -183,5 +277,5 @@ def test_a_lean_form_that_fails_sends_the_model_to_the_op_by_op_maths(
     monkeypatch.setattr(lean, "attend", refuse)
     model = _model(tmp_path, "gemma3", TINY["gemma3"], torch.float32)
     with caplog.at_level("WARNING", logger="llmcond"):
-        assert not lean_agrees(model, torch.device("cpu"), torch.float32)
-    assert "no kernel for this layout" in caplog.text
+        assert choose_lean_form(model, torch.device("cpu"), torch.float32) is None
+    assert caplog.text.count("no kernel for this layout") == 2  # each form tried, each reported

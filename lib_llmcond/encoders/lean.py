@@ -4,8 +4,10 @@ Each function computes what its counterpart in :mod:`transformer` computes, op f
 the work regrouped: rope as one roll and one fused multiply-add, attention masks made additive once per forward
 (SDPA turns a boolean mask into an additive one on every call), grouped-query attention with a single key/value
 head folded into a plain one-head attention over ``heads x length`` queries (no key/value copies, whatever the
-attention backend supports), softcapped attention with its scalings folded. Results differ from the op-by-op
-path only by rounding (a fused multiply-add rounds once where two ops round twice), checked in
+attention backend supports), softcapped attention with its scalings folded. Attention comes in two forms,
+chosen per device by timing both (:mod:`lean_check`): ``"sdpa"`` (torch's fused kernels) and ``"gemm"`` (two
+batched GEMMs around a softmax, scores in fp32: with short sequences and few heads the fused kernels leave most
+of a large card idle, the GEMMs do not). Results differ from the op-by-op path only by rounding (a fused multiply-add rounds once where two ops round twice), checked in
 ``tests/test_lean_path.py``; the CPU keeps the op-by-op path.
 
 Layouts: queries and keys stay ``[B, L, heads, head_dim]`` (as the projection writes them) until attention.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lib_llmcond.compat import sdpa_supports_enable_gqa
+from lib_llmcond.compat import bmm_writes_fp32, sdpa_supports_enable_gqa
 from lib_llmcond.encoders.config import TransformerConfig
 
 
@@ -56,25 +58,46 @@ def additive(
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, blocked)
 
 
-def fold_of(cfg: TransformerConfig) -> int:
+FORMS = ("sdpa", "gemm")  # how :func:`attend` computes plain attention; softcapped attention is always GEMMs
+
+
+def explicit(cfg: TransformerConfig, form: str) -> bool:
+    """Whether :func:`attend` computes the scores itself (then every mask is explicit, causal ones included)."""
+    return cfg.attn_softcap is not None or form == "gemm"
+
+
+def fold_of(cfg: TransformerConfig, form: str) -> int:
     """How many query rows :func:`attend` stacks per query position: the heads of one key/value group when the
-    attention is computed here (softcapped), all heads when one key/value head serves them all; else 1."""
+    scores are computed here, all heads when one key/value head serves them all; else 1."""
     groups = cfg.num_heads // cfg.num_kv_heads
-    if cfg.attn_softcap is not None:
+    if explicit(cfg, form):
         return groups
     return groups if cfg.num_kv_heads == 1 else 1
 
 
+def mask_dtype(cfg: TransformerConfig, form: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the additive masks: the scores' (fp32 in the ``"gemm"`` form, else the compute dtype)."""
+    return torch.float32 if form == "gemm" and cfg.attn_softcap is None else dtype
+
+
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, cfg: TransformerConfig
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    cfg: TransformerConfig,
+    form: str = "sdpa",
 ) -> torch.Tensor:
     """Attention of ``q`` [B, L, Hq, D] (contiguous) over ``k``, ``v`` [B, Hkv, S, D]; ``bias``: additive mask
-    (from :func:`additive`, with query rows (l, head) when :func:`fold_of` > 1, as the transformer's mask cache
-    builds them), None = no mask (bidirectional) or plain causal. Returns [B, L, Hq * D]."""
+    (from :func:`additive`, in :func:`mask_dtype`, with query rows (l, head) when :func:`fold_of` > 1, as the
+    transformer's mask cache builds them), None = no mask (bidirectional) or plain causal. Returns
+    [B, L, Hq * D]."""
     b, n, hq, d = q.shape
     if cfg.attn_softcap is not None:
         return _softcapped(q, k, v, bias, cfg)
-    if fold_of(cfg) > 1:  # [B, L, Hq, D] is [B, 1, L * Hq, D]: row (l, h) attends as query l did
+    if form == "gemm":
+        return _gemm_attention(q, k, v, bias, cfg)
+    if fold_of(cfg, form) > 1:  # [B, L, Hq, D] is [B, 1, L * Hq, D]: row (l, h) attends as query l did
         causal = bias is None and cfg.causal
         if causal:
             raise ValueError("folded heads need an explicit causal mask")
@@ -102,11 +125,37 @@ def grouped_sdpa(q, k, v, mask: torch.Tensor | None, cfg: TransformerConfig) -> 
     )
 
 
-def blocked_value(cfg: TransformerConfig, dtype: torch.dtype) -> float:
+def blocked_value(cfg: TransformerConfig, form: str, dtype: torch.dtype) -> float:
     """What a blocked position adds to a score: -inf for SDPA (as its boolean masks do); the dtype's lowest value
-    for the softcapped path, as the op-by-op path and transformers' eager attention do (a query whose every key
-    is blocked, a padded one, then averages finite values instead of making NaNs that later layers would read)."""
-    return torch.finfo(dtype).min if cfg.attn_softcap is not None else float("-inf")
+    where the scores are computed here, as the op-by-op softcapped path and transformers' eager attention do (a
+    query whose every key is blocked, a padded one, then averages finite values instead of making NaNs that
+    later layers would read)."""
+    return torch.finfo(dtype).min if explicit(cfg, form) else float("-inf")
+
+
+def _gemm_attention(q, k, v, bias, cfg: TransformerConfig) -> torch.Tensor:
+    """``softmax(q k^T * scaling + bias) v`` as two batched GEMMs, the query heads of each key/value group
+    stacked as rows (l, head) like :func:`_softcapped`; the scores and the softmax in fp32 (as the fused kernels
+    keep them), the probabilities rounded to the compute dtype for the second GEMM (as they do too)."""
+    b, n, hq, d = q.shape
+    hkv, s = k.shape[1], k.shape[2]
+    g = hq // hkv
+    qf = q.view(b, n, hkv, g, d).transpose(1, 2).reshape(b * hkv, n * g, d)  # a view for one key/value head
+    scores = _scores_fp32(qf, k.reshape(b * hkv, s, d).transpose(1, 2)).view(b, hkv, n * g, s)
+    scores = scores.mul_(cfg.scaling) if bias is None else torch.add(bias, scores, alpha=cfg.scaling)
+    probs = scores.softmax(dim=-1).to(v.dtype)
+    out = torch.bmm(probs.view(b * hkv, n * g, s), v.reshape(b * hkv, s, d))
+    return out.view(b, hkv, n, g, d).transpose(1, 2).reshape(b, n, hq * d)
+
+
+def _scores_fp32(q: torch.Tensor, kt: torch.Tensor) -> torch.Tensor:
+    """``q @ kt`` in fp32: a half-precision GEMM writing fp32 where torch offers it (CUDA, ``out_dtype``), else
+    on fp32 copies (the same products: a bf16 product is exact in fp32)."""
+    if q.dtype == torch.float32:
+        return torch.bmm(q, kt)
+    if bmm_writes_fp32(q.device):
+        return torch.bmm(q, kt, out_dtype=torch.float32)
+    return torch.bmm(q.float(), kt.float())
 
 
 def _softcapped(q, k, v, bias, cfg: TransformerConfig) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from lib_llmcond.cpu_linear import IdlePacker, pack_linears
 from lib_llmcond.encoders import transformer
 from lib_llmcond.encoders.config import TransformerConfig
-from lib_llmcond.encoders.lean_check import lean_agrees
+from lib_llmcond.encoders.lean_check import choose_lean_form
 from lib_llmcond.encoders.transformer import fuse_projections
 from lib_llmcond.errors import ModelFileError
 from lib_llmcond.gpu_encode import GraphRunner
@@ -35,8 +35,8 @@ class LLM:
     _prefixes: OrderedDict = field(default_factory=OrderedDict, repr=False)  # ids -> PrefixState
     graphs: GraphRunner = field(default_factory=GraphRunner, repr=False)  # the accelerator path's graphs
     packer: IdlePacker | None = field(default=None, repr=False)  # CPU: packs the linears between requests
-    # (device, dtype) -> whether the lean layer maths agreed there (check_lean)
-    _lean_verdicts: dict = field(default_factory=dict, repr=False)
+    # (device, dtype) -> the lean maths' attention form there, None where it disagreed (check_lean)
+    _lean_forms: dict = field(default_factory=dict, repr=False)
 
     @property
     def family(self) -> str:
@@ -62,13 +62,17 @@ class LLM:
 
     def check_lean(self) -> None:
         """Off the CPU, once per device and dtype: whether the lean layer maths agrees with the op-by-op maths
-        there (:mod:`lean_check`); where it does not, the model keeps the op-by-op maths on that device."""
+        there, and with which attention form (:mod:`lean_check`); where no form agrees, the model keeps the
+        op-by-op maths on that device."""
         if not transformer.on_accelerator(self.device):
             return
         key = (str(self.device), self.dtype)
-        if key not in self._lean_verdicts:
-            self._lean_verdicts[key] = lean_agrees(self.model, self.device, self.dtype)
-        self.model.lean = self._lean_verdicts[key]
+        if key not in self._lean_forms:
+            self._lean_forms[key] = choose_lean_form(self.model, self.device, self.dtype)
+        form = self._lean_forms[key]
+        self.model.lean = form is not None
+        if form is not None:
+            self.model.use_attention(form)
 
     def usable_prefix(self, batch: TokenBatch) -> int:
         """How many leading tokens of ``batch`` run once per LLM as a cached prefix (0 = none)."""

@@ -152,6 +152,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(d, cfg.rms_eps, cfg.norm_plus_one)
             self.k_norm = RMSNorm(d, cfg.rms_eps, cfg.norm_plus_one)
         self.cfg = cfg
+        self.form = "sdpa"  # how the lean path attends (:meth:`TextTransformer.use_attention`)
         self.qkv_proj: nn.Linear | None = None  # q, k, v in one GEMM (:func:`fuse_projections`)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -190,7 +191,7 @@ class Attention(nn.Module):
             k = torch.cat([past[0].expand(b, -1, -1, -1), k], dim=2)
             v = torch.cat([past[1].expand(b, -1, -1, -1), v], dim=2)
         if lean:
-            return self.o_proj(lean_ops.attend(q, k, v, mask, cfg))
+            return self.o_proj(lean_ops.attend(q, k, v, mask, cfg, self.form))
         out = _attend(q, k, v, mask, cfg)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, cfg.num_heads * cfg.head_dim))
 
@@ -287,6 +288,15 @@ class TextTransformer(TracksMoves):
         self._rope_full = Rotary(cfg.head_dim, cfg.rope_theta, cfg.rope_linear_factor)
         self._rope_local = Rotary(cfg.head_dim, local) if local is not None else self._rope_full
         self.lean = True  # False: the op-by-op maths everywhere (set where the lean forms failed a check)
+        self.attention_form = "sdpa"  # the lean path's attention (:data:`lean.FORMS`)
+
+    def use_attention(self, form: str) -> None:
+        """Attend the ``form`` way on the lean path (chosen per device by :mod:`lean_check`)."""
+        if form not in lean_ops.FORMS:
+            raise ValueError(f"unknown attention form {form!r}")
+        self.attention_form = form
+        for layer in self.layers:
+            layer.self_attn.form = form
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
@@ -333,7 +343,9 @@ class TextTransformer(TracksMoves):
             position_ids = torch.arange(offset, offset + n, device=input_ids.device).expand(b, n)
         x = self.embed(input_ids)
         lean = accelerated(x)
-        masks = MaskCache(cfg, attention_mask, n, x.device, offset, x.dtype if lean else None)
+        form = self.attention_form
+        additive = lean_ops.mask_dtype(cfg, form, x.dtype) if lean else None
+        masks = MaskCache(cfg, attention_mask, n, x.device, offset, additive, form)
         ropes = self.rope_tables(position_ids, x.dtype, lean)
         for i, layer in enumerate(self.layers):
             sliding = cfg.layer_is_sliding(i)
@@ -351,8 +363,8 @@ class MaskCache:
     sliding window needs no mask at all.
 
     With ``additive`` (a dtype: the lean path), masks are additive in that dtype with query rows folded as
-    :func:`lean.attend` wants them; there a causal model gets an explicit mask wherever ``lean.attend`` cannot
-    say "causal" to SDPA (folded heads, softcapped attention).
+    :func:`lean.attend` wants them for attention ``form``; there a causal model gets an explicit mask wherever
+    ``lean.attend`` cannot say "causal" to SDPA (folded heads, scores computed by GEMMs).
     """
 
     def __init__(
@@ -363,9 +375,11 @@ class MaskCache:
         device,
         offset: int = 0,
         additive: torch.dtype | None = None,
+        form: str = "sdpa",
     ) -> None:
         self.cfg, self.n, self.device, self.offset, self.additive = cfg, n, device, offset, additive
-        self.fold = lean_ops.fold_of(cfg) if additive is not None else 1
+        self.form = form
+        self.fold = lean_ops.fold_of(cfg, form) if additive is not None else 1
         self.keys = None
         if attention_mask is not None and not cfg.causal and not _all_true_on_cpu(attention_mask):
             self.keys = attention_mask.to(device=device, dtype=torch.bool)[:, None, None, :]
@@ -375,7 +389,7 @@ class MaskCache:
         if sliding not in self._built:
             mask = self._build(sliding)
             if self.additive is not None:
-                blocked = lean_ops.blocked_value(self.cfg, self.additive)
+                blocked = lean_ops.blocked_value(self.cfg, self.form, self.additive)
                 mask = lean_ops.additive(mask, self.additive, blocked)
             self._built[sliding] = mask
         return self._built[sliding]
@@ -384,7 +398,7 @@ class MaskCache:
         cfg, n, offset = self.cfg, self.n, self.offset
         total = offset + n
         window = cfg.sliding_window if sliding and cfg.sliding_window and cfg.sliding_window < total else None
-        explicit = self.additive is not None and (self.fold > 1 or cfg.attn_softcap is not None)
+        explicit = self.additive is not None and (self.fold > 1 or lean_ops.explicit(cfg, self.form))
         if cfg.causal and window is None and offset == 0 and not explicit:
             return None
         rows = n * self.fold  # folded heads: query rows (l, head), each with query l's mask
