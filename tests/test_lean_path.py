@@ -212,6 +212,23 @@ def test_the_check_keeps_the_faster_attention_form(tmp_path, lean_path, two_form
     assert (got[real] - want[real]).abs().max().item() <= 1e-5
 
 
+def test_the_forms_are_timed_in_turns_and_the_best_time_counts(tmp_path, lean_path, monkeypatch):
+    from lib_llmcond.encoders import lean_check
+
+    calls: list[str] = []
+    times = {"sdpa": [5e-3, 1e-3, 1e-3], "gemm": [2e-3, 2e-3, 2e-3]}  # sdpa's first run met a cold clock
+
+    def timed(cfg, device, dtype, form):
+        calls.append(form)
+        return times[form][calls.count(form) - 1]
+
+    monkeypatch.setattr(lean_check, "candidate_forms", lambda cfg, device: lean.FORMS)
+    monkeypatch.setattr(lean_check, "seconds_per_attention", timed)
+    model = _model(tmp_path, "gemma3", TINY["gemma3"], torch.float32)
+    assert lean_check.choose_lean_form(model, torch.device("cpu"), torch.float32) == "sdpa"
+    assert calls == ["sdpa", "gemm"] * lean_check.ROUNDS
+
+
 def test_a_faster_form_that_disagrees_is_not_used(tmp_path, lean_path, monkeypatch, two_forms, caplog):
     from lib_llmcond.encoders.lean_check import choose_lean_form
 

@@ -28,7 +28,8 @@ PREFIX, TOKENS = 5, 24
 # mean |lean - op-by-op| / mean |op-by-op| over one layer's real outputs: a rounding step in bf16 is ~4e-3 at
 # most, a layout or masking mistake is of the order of 1
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
-TIMED_TOKENS, WARMUP, REPEATS = 512, 3, 20  # the attention timed: a pair of long prompts, as a call runs them
+TIMED_TOKENS = 512  # the attention timed: a pair of long prompts, as a call runs them
+ROUNDS, WARMUP, REPEATS = 3, 2, 10
 
 
 def choose_lean_form(model: TextTransformer, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -52,7 +53,10 @@ def choose_lean_form(model: TextTransformer, device: torch.device, dtype: torch.
         log.info("llmcond: attention form %s %s on %s: not used", form, problem, device)
     if len(agreeing) == 1:
         return agreeing[0]
-    seconds = {form: seconds_per_attention(model.config, device, dtype, form) for form in agreeing}
+    seconds = {form: float("inf") for form in agreeing}
+    for _ in range(ROUNDS):  # interleaved, best of each: a clock still ramping up favours neither form
+        for form in agreeing:
+            seconds[form] = min(seconds[form], seconds_per_attention(model.config, device, dtype, form))
     best = min(seconds, key=seconds.__getitem__)
     log.info(
         "llmcond: attention on %s: %s (%s)",
