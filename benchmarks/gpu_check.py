@@ -113,10 +113,20 @@ def conds(engine, texts: list[str], opts) -> dict:
     return engine.get_conditioning(texts, opts, width=1024, height=1024)
 
 
-def _lean_cell(lean) -> str:
+def attention_times(cfg, dtype: torch.dtype) -> dict[str, float]:
+    """Microseconds of one 2x512-token attention call in each lean form tried on this card (the load-time
+    choice's own measurement, taken again here to be shown)."""
+    from lib_llmcond.encoders import lean_check
+
+    forms = lean_check.candidate_forms(cfg, DEVICE)
+    return {form: lean_check.seconds_per_attention(cfg, DEVICE, dtype, form) * 1e6 for form in forms}
+
+
+def _lean_cell(lean, times: dict | None = None) -> str:
     if lean is False:
         return "OFF (check failed, see the log)"
-    return f"on, attention: {lean}" if isinstance(lean, str) else "on"
+    timed = ", ".join(f"{form} {us:.0f} us" for form, us in (times or {}).items())
+    return f"on, attention: {lean}" + (f" ({timed})" if timed else "") if isinstance(lean, str) else "on"
 
 
 def ours(llm_dir: Path, adapter: Path, prompts: dict, repeats: int) -> dict:
@@ -130,10 +140,11 @@ def ours(llm_dir: Path, adapter: Path, prompts: dict, repeats: int) -> dict:
         before = allocated()
         load_ms = once(lambda e=engine, o=opts: e.pipeline(o))
         weights = allocated() - before
-        model = engine.pipeline(opts)[0].llm.model
+        llm = engine.pipeline(opts)[0].llm
         # lean False: the lean layer check failed on this card; the attention form is the one timed faster there
-        lean = model.attention_form if model.lean else False
+        lean = llm.model.attention_form if llm.model.lean else False
         rows: dict = {"load_ms": load_ms, "weights_bytes": weights, "lean_layers": lean}
+        rows["attention_us"] = attention_times(llm.model.config, llm.dtype)
         for n in LENGTHS:
             pos, neg = prompts[n]
             rows[f"first_pair_{n}_ms"] = once(lambda e=engine, o=opts, p=pos, q=neg: conds(e, [p, q], o))
@@ -319,7 +330,7 @@ def _ours_rows(name: str, r: dict, o: dict) -> list[str]:
         )
     ref_load = f"{ref['load_ms']:.0f}" if "load_ms" in ref else ""
     lines.append(f"| {name} | load | {o['tf32']['load_ms']:.0f} | {o['fp32']['load_ms']:.0f} | {ref_load} |")
-    lean = [_lean_cell(o[p].get("lean_layers")) for p in o]
+    lean = [_lean_cell(o[p].get("lean_layers"), o[p].get("attention_us")) for p in o]
     lines.append(f"| {name} | lean layer maths | {lean[0]} | {lean[1]} | |")
     lines.append(
         f"| {name} | peak VRAM / weights (GB) | {o['tf32']['peak_vram_bytes'] / 1e9:.2f} / "

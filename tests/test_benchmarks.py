@@ -88,3 +88,20 @@ def test_gpu_check_reports_the_parts_that_ran_when_one_fails(tmp_path, monkeypat
     assert "| tiny-gemma | CUDA float32+fp32 vs CPU fp32: crossattn / pooled max abs |" in out
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     assert data["models"]["tiny-gemma"]["memory"] == {"error": "RuntimeError: boom"}
+
+
+def test_gpu_check_shows_the_attention_forms_timed(monkeypatch):
+    import torch
+
+    from benchmarks import gpu_check
+    from lib_llmcond.encoders import lean_check
+    from lib_llmcond.encoders.config import config_from_hf
+    from lib_llmcond.tiny.llm import TINY
+
+    monkeypatch.setattr(gpu_check, "DEVICE", torch.device("cpu"))
+    monkeypatch.setattr(lean_check, "TIMED_TOKENS", 32)
+    times = gpu_check.attention_times(config_from_hf({**TINY["gemma3"], "vocab_size": 512}), torch.float32)
+    assert list(times) == ["sdpa"] and times["sdpa"] > 0  # off CUDA only the fused form is tried
+    cell = gpu_check._lean_cell("gemm", {"sdpa": 62.0, "gemm": 25.4})
+    assert cell == "on, attention: gemm (sdpa 62 us, gemm 25 us)"
+    assert gpu_check._lean_cell(False).startswith("OFF")
