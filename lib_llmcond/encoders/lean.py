@@ -4,11 +4,12 @@ Each function computes what its counterpart in :mod:`transformer` computes, op f
 the work regrouped: rope as one roll and one fused multiply-add, attention masks made additive once per forward
 (SDPA turns a boolean mask into an additive one on every call), grouped-query attention with a single key/value
 head folded into a plain one-head attention over ``heads x length`` queries (no key/value copies, whatever the
-attention backend supports), softcapped attention with its scalings folded. Attention comes in two forms,
-chosen per device by timing both (:mod:`lean_check`): ``"sdpa"`` (torch's fused kernels) and ``"gemm"`` (two
-batched GEMMs around a softmax, scores in fp32: with short sequences and few heads the fused kernels leave most
-of a large card idle, the GEMMs do not). Results differ from the op-by-op path only by rounding (a fused multiply-add rounds once where two ops round twice), checked in
-``tests/test_lean_path.py``; the CPU keeps the op-by-op path.
+attention backend supports), softcapped attention with its scalings folded. Plain attention comes in two
+forms, chosen per device by timing both (:mod:`lean_check`): ``"sdpa"`` (torch's fused kernels) and ``"gemm"``
+(two batched GEMMs around a softmax, scores in fp32: with short sequences and few heads the fused kernels leave
+most of a large card idle, GEMMs of the same sizes do not). Results differ from the op-by-op path only by
+rounding (a fused multiply-add rounds once where two ops round twice), checked in ``tests/test_lean_path.py``;
+the CPU keeps the op-by-op path.
 
 Layouts: queries and keys stay ``[B, L, heads, head_dim]`` (as the projection writes them) until attention.
 """
