@@ -123,10 +123,13 @@ def attention_times(cfg, dtype: torch.dtype) -> dict[str, float]:
 
 
 def _lean_cell(lean, times: dict | None = None) -> str:
+    """``lean``: the attention form the lean maths used, False where the check failed (True: older results)."""
     if lean is False:
         return "OFF (check failed, see the log)"
+    if not isinstance(lean, str):
+        return "on"
     timed = ", ".join(f"{form} {us:.0f} us" for form, us in (times or {}).items())
-    return f"on, attention: {lean}" + (f" ({timed})" if timed else "") if isinstance(lean, str) else "on"
+    return f"on, attention: {lean} ({timed})" if timed else f"on, attention: {lean}"
 
 
 def ours(llm_dir: Path, adapter: Path, prompts: dict, repeats: int) -> dict:

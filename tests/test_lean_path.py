@@ -194,7 +194,7 @@ def two_forms(monkeypatch):
 
 
 @pytest.mark.parametrize("faster", lean.FORMS)
-def test_the_check_keeps_the_faster_attention_form(tmp_path, lean_path, two_forms, faster):
+def test_the_check_keeps_the_faster_attention_form(tmp_path, lean_path, monkeypatch, two_forms, faster):
     from lib_llmcond.encoders.llm import load_llm
     from lib_llmcond.tiny.tokenizer import write_tiny_gemma_tokenizer
 
@@ -202,12 +202,15 @@ def test_the_check_keeps_the_faster_attention_form(tmp_path, lean_path, two_form
     write_tiny_gemma_tokenizer(tmp_path)
     llm = load_llm(write_tiny_llm(tmp_path, "gemma3", seed=5), dtype=torch.float32)
     assert llm.model.lean and llm.model.attention_form == faster
-    assert {layer.self_attn.form for layer in llm.model.layers} == {faster}
+    gemm_calls = []
+    gemm = lean._gemm_attention
+    monkeypatch.setattr(lean, "_gemm_attention", lambda *a: gemm_calls.append(1) or gemm(*a))
     ids, mask = _inputs()
     with torch.no_grad():
         got = llm.model(ids, mask)
-        with transformer.op_by_op():
-            want = llm.model(ids, mask)
+    assert len(gemm_calls) == (llm.model.config.num_layers if faster == "gemm" else 0)  # every layer so
+    with torch.no_grad(), transformer.op_by_op():
+        want = llm.model(ids, mask)
     real = mask.bool()
     assert (got[real] - want[real]).abs().max().item() <= 1e-5
 

@@ -36,11 +36,12 @@ def choose_lean_form(model: TextTransformer, device: torch.device, dtype: torch.
     """The attention form (:data:`lean.FORMS`) ``model``'s lean maths uses on ``device``, or None where no form
     gives the op-by-op results there (see the module doc)."""
     problems: dict[str, str] = {}
-    for form in candidate_forms(model.config, device):
+    candidates = candidate_forms(model.config, device)
+    for form in candidates:
         problem = _disagreement(model, device, dtype, form)
         if problem is not None:
             problems[form] = problem
-    agreeing = [f for f in candidate_forms(model.config, device) if f not in problems]
+    agreeing = [f for f in candidates if f not in problems]
     if not agreeing:
         log.warning(
             "llmcond: the fast layer path %s on %s: using the reference maths there (slower); please report "
@@ -77,14 +78,10 @@ def candidate_forms(cfg: TransformerConfig, device: torch.device) -> tuple[str, 
 
 def _disagreement(model: TextTransformer, device: torch.device, dtype: torch.dtype, form: str) -> str | None:
     """None where the lean maths with attention ``form`` agrees with the op-by-op maths, else what is wrong."""
-    previous = model.attention_form
-    model.use_attention(form)
     try:
-        error = _largest_error(model, device, dtype)
+        error = _largest_error(model, device, dtype, form)
     except Exception as e:  # a lean form the device's kernels refuse
         return f"failed ({e})"
-    finally:
-        model.use_attention(previous)
     if error <= TOLERANCE.get(dtype, 2e-2):
         return None
     return f"disagrees with the reference maths (relative error {error:.3g})"
@@ -117,7 +114,7 @@ def seconds_per_attention(
     return (time.perf_counter() - start) / REPEATS
 
 
-def _largest_error(model: TextTransformer, device: torch.device, dtype: torch.dtype) -> float:
+def _largest_error(model: TextTransformer, device: torch.device, dtype: torch.dtype, form: str) -> float:
     cfg = model.config
     kinds = {cfg.layer_is_sliding(i): i for i in range(cfg.num_layers)}  # one layer of each kind
     gen = torch.Generator().manual_seed(0)
@@ -130,9 +127,9 @@ def _largest_error(model: TextTransformer, device: torch.device, dtype: torch.dt
     worst = 0.0
     with torch.inference_mode(), matmul_precision("fp32", device):  # the maths compared, not a host's TF32
         for index in kinds.values():
-            lean_out = _layer_output(model, index, x, keep, positions, lean=True)
+            lean_out = _layer_output(model, index, x, keep, positions, form)
             with op_by_op():
-                ref = _layer_output(model, index, x, keep, positions, lean=False)
+                ref = _layer_output(model, index, x, keep, positions, None)
             real = keep[:, PREFIX:].bool() if cfg.causal else keep.bool()
             a, b = lean_out[real].float(), ref[real].float()
             if not torch.isfinite(a).all():
@@ -141,11 +138,13 @@ def _largest_error(model: TextTransformer, device: torch.device, dtype: torch.dt
     return worst
 
 
-def _layer_output(model, index: int, x, keep, positions, *, lean: bool) -> torch.Tensor:
-    """Layer ``index`` on ``x``: for causal models after a prefix of ``PREFIX`` positions whose keys/values it
-    made itself (as a cached prefix is used); for bidirectional ones on the whole padded batch."""
+def _layer_output(model, index: int, x, keep, positions, form: str | None) -> torch.Tensor:
+    """Layer ``index`` on ``x``, the lean way with attention ``form`` (None: op by op): for causal models after
+    a prefix of ``PREFIX`` positions whose keys/values it made itself (as a cached prefix is used); for
+    bidirectional ones on the whole padded batch."""
     cfg, layer = model.config, model.layers[index]
-    sliding, dtype, form = cfg.layer_is_sliding(index), x.dtype, model.attention_form
+    sliding, dtype, lean = cfg.layer_is_sliding(index), x.dtype, form is not None
+    form = form or lean_ops.FORMS[0]
     additive = lean_ops.mask_dtype(cfg, form, dtype) if lean else None
 
     def rope(pos: torch.Tensor) -> tuple:
@@ -156,8 +155,9 @@ def _layer_output(model, index: int, x, keep, positions, *, lean: bool) -> torch
         return MaskCache(cfg, attention_mask, n, x.device, offset, additive, form)
 
     if not cfg.causal:
-        return layer(x, rope(positions), masks(keep, x.shape[1], 0).get(sliding))
+        return layer(x, rope(positions), masks(keep, x.shape[1], 0).get(sliding), form=form)
     collect: list = []
-    layer(x[:1, :PREFIX], rope(positions[:1, :PREFIX]), masks(None, PREFIX, 0).get(sliding), None, collect)
+    head = masks(None, PREFIX, 0).get(sliding)
+    layer(x[:1, :PREFIX], rope(positions[:1, :PREFIX]), head, None, collect, form)
     rest = masks(None, TOKENS, PREFIX)
-    return layer(x[:, PREFIX:], rope(positions[:, PREFIX:]), rest.get(sliding), collect[0])
+    return layer(x[:, PREFIX:], rope(positions[:, PREFIX:]), rest.get(sliding), collect[0], form=form)

@@ -152,7 +152,6 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(d, cfg.rms_eps, cfg.norm_plus_one)
             self.k_norm = RMSNorm(d, cfg.rms_eps, cfg.norm_plus_one)
         self.cfg = cfg
-        self.form = "sdpa"  # how the lean path attends (:meth:`TextTransformer.use_attention`)
         self.qkv_proj: nn.Linear | None = None  # q, k, v in one GEMM (:func:`fuse_projections`)
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -169,9 +168,11 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
         past: KeyValues | None = None,
         collect: list[KeyValues] | None = None,
+        form: str = "sdpa",
     ) -> torch.Tensor:
         """``past``: keys/values of earlier positions to attend to as well; ``collect``: receives this call's.
-        ``mask``: boolean (True = attend), or on the lean path the additive mask of :func:`lean.additive`."""
+        ``mask``: boolean (True = attend), or on the lean path the additive mask of :func:`lean.additive`
+        built for attention ``form`` (:data:`lean.FORMS`; the lean path only)."""
         cfg = self.cfg
         b, n, _ = x.shape
         q, k, v = self._qkv(x)
@@ -191,7 +192,7 @@ class Attention(nn.Module):
             k = torch.cat([past[0].expand(b, -1, -1, -1), k], dim=2)
             v = torch.cat([past[1].expand(b, -1, -1, -1), v], dim=2)
         if lean:
-            return self.o_proj(lean_ops.attend(q, k, v, mask, cfg, self.form))
+            return self.o_proj(lean_ops.attend(q, k, v, mask, cfg, form))
         out = _attend(q, k, v, mask, cfg)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, cfg.num_heads * cfg.head_dim))
 
@@ -250,9 +251,9 @@ class Layer(nn.Module):
         return getattr(self, name)(x) if name else x
 
     def forward(
-        self, x: torch.Tensor, rope, mask: torch.Tensor | None, past=None, collect=None
+        self, x: torch.Tensor, rope, mask: torch.Tensor | None, past=None, collect=None, form: str = "sdpa"
     ) -> torch.Tensor:
-        attn = self.self_attn(self._norm("pre_attn", x), rope, mask, past, collect)
+        attn = self.self_attn(self._norm("pre_attn", x), rope, mask, past, collect, form)
         x = x + self._norm("post_attn", attn)
         return x + self._norm("post_mlp", self.mlp(self._norm("pre_mlp", x)))
 
@@ -295,8 +296,6 @@ class TextTransformer(TracksMoves):
         if form not in lean_ops.FORMS:
             raise ValueError(f"unknown attention form {form!r}")
         self.attention_form = form
-        for layer in self.layers:
-            layer.self_attn.form = form
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
@@ -350,7 +349,7 @@ class TextTransformer(TracksMoves):
         for i, layer in enumerate(self.layers):
             sliding = cfg.layer_is_sliding(i)
             past = None if prefix is None else prefix.keys_values[i]
-            x = layer(x, ropes.get(sliding, ropes[False]), masks.get(sliding), past, collect)
+            x = layer(x, ropes.get(sliding, ropes[False]), masks.get(sliding), past, collect, form)
         return self.norm(x) if cfg.final_norm else x
 
 
